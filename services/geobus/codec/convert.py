@@ -1,0 +1,113 @@
+"""Convert one GeoJSON document (a stream) into feature batches.
+
+:class:`DocumentConverter` drives the :class:`~geobus.codec.scanner.Scanner`
+and the :class:`~geobus.codec.batches.BatchBuilder`, and checks the
+document's top level once it has been read. It is pure: bytes in, messages
+out; publishing them is the caller's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import msgspec
+
+from geobus.codec.batches import BatchBuilder, BatchContext, BatchLimits, Output, Totals
+from geobus.codec.features import GEOMETRY_TYPES
+from geobus.codec.scanner import Framing, RawItem, Scanner
+from geobus.errors import DocumentError
+
+MEDIA_TYPES: dict[str, Framing] = {
+    "application/geo+json": "json",
+    "application/json": "json",
+    "application/geo+json-seq": "seq",
+    "application/json-seq": "seq",
+    "application/x-ndjson": "ndjson",
+    "application/ndjson": "ndjson",
+    "application/jsonl": "ndjson",
+    "application/geo+json-l": "ndjson",
+}
+
+_SUFFIXES: dict[str, Framing] = {
+    ".geojsonl": "ndjson",
+    ".geojsonld": "ndjson",
+    ".ndjson": "ndjson",
+    ".jsonl": "ndjson",
+    ".geojsons": "seq",
+    ".geojsonseq": "seq",
+}
+
+
+class _TopLevel(msgspec.Struct):
+    type: msgspec.Raw = msgspec.Raw(b"")
+
+
+def framing_for_path(name: str, head: bytes) -> Framing:
+    """Framing of a file, from its suffix, else from its first byte."""
+    for suffix, framing in _SUFFIXES.items():
+        if name.lower().endswith(suffix):
+            return framing
+    return "seq" if head.lstrip(b" \t\r\n").startswith(b"\x1e") else "json"
+
+
+class DocumentConverter:
+    """Iterate to get the document's batches; ``totals`` holds the counts.
+
+    Raises :class:`~geobus.errors.DocumentError` when the document as a whole
+    is unusable (not JSON, not GeoJSON at the top level); batches already
+    yielded stay valid, so a caller that published them records a failed job.
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        context: BatchContext,
+        limits: BatchLimits | None = None,
+        framing: Framing = "json",
+    ) -> None:
+        self._stream = stream
+        self._framing = framing
+        self._builder = BatchBuilder(context, limits or BatchLimits())
+
+    @property
+    def totals(self) -> Totals:
+        """Features read, batches emitted and features rejected so far."""
+        return self._builder.totals
+
+    def __iter__(self) -> Iterator[Output]:
+        scanner = Scanner(self._stream, self._framing)
+        for item in scanner:
+            yield from self._builder.add(item)
+        if self._framing == "json":
+            yield from self._top_level(scanner)
+        yield from self._builder.flush()
+
+    def _top_level(self, scanner: Scanner) -> Iterator[Output]:
+        members = scanner.top.members
+        try:
+            top = msgspec.json.decode(members, type=_TopLevel)
+        except msgspec.DecodeError as exc:
+            raise DocumentError("document_not_json", f"the document is not valid JSON: {exc}") \
+                from None
+        raw_type = bytes(top.type)
+        kind = msgspec.json.decode(raw_type) if raw_type else None
+        if scanner.top.streamed_features:
+            if kind != "FeatureCollection":
+                raise DocumentError(
+                    "document_not_geojson",
+                    f'a document with a "features" array must have "type": "FeatureCollection",'
+                    f" not {kind!r}",
+                )
+            return
+        if kind == "FeatureCollection":
+            raise DocumentError(
+                "document_not_geojson", 'a FeatureCollection must have a "features" array'
+            )
+        if kind != "Feature" and kind not in GEOMETRY_TYPES:
+            raise DocumentError(
+                "document_not_geojson",
+                f"the document's type {kind!r} is not a GeoJSON FeatureCollection, Feature or"
+                " Geometry",
+            )
+        yield from self._builder.add(RawItem(index=0, text=members, offset=0))

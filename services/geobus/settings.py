@@ -1,0 +1,174 @@
+"""One frozen settings object, built once at start-up from ``GEOBUS_*`` variables.
+
+``Settings.from_env(mapping)`` takes any mapping so that tests pass their own;
+``Settings.from_env()`` reads ``os.environ``. Every value is parsed and checked
+here, so a bad deployment fails at start-up with a message naming the
+variable, never later in the middle of a job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from geobus.errors import ConfigurationError
+
+T = TypeVar("T")
+
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+
+
+def _url(value: str, schemes: tuple[str, ...]) -> str:
+    scheme = urlsplit(value).scheme
+    if scheme not in schemes:
+        msg = f"expected a URL with scheme {' or '.join(schemes)}, got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _amqp_url(value: str) -> str:
+    return _url(value, ("amqp", "amqps"))
+
+
+def _database_url(value: str) -> str:
+    """A ``postgresql://`` URL, or a GeoPackage path (``*.gpkg``, optionally ``gpkg:`` prefixed)."""
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    path = value.removeprefix("gpkg:")
+    if not path.endswith(".gpkg"):
+        msg = f"expected postgresql://… or a path ending in .gpkg, got {value!r}"
+        raise ValueError(msg)
+    return path
+
+
+def _prefix(value: str) -> str:
+    if not _PREFIX_RE.fullmatch(value):
+        msg = f"expected lower-case letters, digits, '-' or '_' (1-63, letter first), got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        msg = f"expected a positive integer, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def _port(value: str) -> int:
+    number = int(value)
+    if not 0 < number < 65536:  # noqa: PLR2004 - TCP port range
+        msg = f"expected a TCP port 1-65535, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
+def _crs(value: str) -> str:
+    # Imported here: pyproj's database load is not free and settings are
+    # also built by light commands.
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        CRS.from_user_input(value)
+    except CRSError as exc:
+        msg = f"PROJ does not know the CRS {value!r}: {exc}"
+        raise ValueError(msg) from exc
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in allowed:
+            msg = f"expected one of {', '.join(allowed)}, got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    return parse
+
+
+def _setting(default: T, parse: Callable[[str], T], doc: str) -> Any:
+    """A dataclass field carrying its parser and documentation in metadata."""
+    return field(default=default, metadata={"parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of geobus; see the README's configuration table."""
+
+    amqp_url: str = _setting(
+        "amqp://guest:guest@127.0.0.1:5672/", _amqp_url, "RabbitMQ URL (amqp:// or amqps://)"
+    )
+    database_url: str = _setting(
+        "geobus.gpkg",
+        _database_url,
+        "Store: postgresql://… for PostGIS, or a GeoPackage file path (*.gpkg)",
+    )
+    prefix: str = _setting(
+        "geobus", _prefix, "Prefix of every exchange and queue name (tenants and tests)"
+    )
+    target_crs: str = _setting("EPSG:4326", _crs, "CRS the features are stored in")
+    http_host: str = _setting("127.0.0.1", str, "Address the ingress listens on")
+    http_port: int = _setting(8080, _port, "Port the ingress listens on")
+    spool_dir: Path = _setting(
+        Path("spool"), Path, "Directory where accepted documents are spooled (fsynced)"
+    )
+    batch_max_features: int = _setting(
+        2000, _positive_int, "Most features in one FeatureBatch message"
+    )
+    batch_max_bytes: int = _setting(
+        4 * 1024 * 1024,
+        _positive_int,
+        "Target size of one FeatureBatch message in bytes (a batch is cut before it grows past it)",
+    )
+    max_message_bytes: int = _setting(
+        16 * 1024 * 1024,
+        _positive_int,
+        "Largest message geobus publishes; a single feature larger than this is rejected"
+        " (RabbitMQ 4.x refuses messages over 16 MiB by default)",
+    )
+    repair: str = _setting(
+        "make_valid", _choice("make_valid", "reject"), "What the validator does with invalid geometry"
+    )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``GEOBUS_<NAME>`` variables; raise ConfigurationError on bad values."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for f in fields(cls):
+            name = env_name(f.name)
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[f.name] = f.metadata["parse"](raw)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        if problems:
+            raise ConfigurationError("invalid configuration:\n  " + "\n  ".join(problems))
+        return cls(**values)
+
+    @property
+    def uses_postgis(self) -> bool:
+        """True when the store is PostgreSQL/PostGIS rather than a GeoPackage file."""
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a field: ``batch_max_bytes`` → ``GEOBUS_BATCH_MAX_BYTES``."""
+    return "GEOBUS_" + field_name.upper()
+
+
+def documentation() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting, for the README's table."""
+    return [
+        (env_name(f.name), str(f.default), f.metadata["doc"]) for f in fields(Settings)
+    ]
