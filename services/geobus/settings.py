@@ -63,7 +63,7 @@ def _positive_int(value: str) -> int:
 
 def _port(value: str) -> int:
     number = int(value)
-    if not 0 < number < 65536:  # noqa: PLR2004 - TCP port range
+    if not 0 < number < 65536:
         msg = f"expected a TCP port 1-65535, got {value!r}"
         raise ValueError(msg)
     return number
@@ -116,8 +116,11 @@ class Settings:
     target_crs: str = _setting("EPSG:4326", _crs, "CRS the features are stored in")
     http_host: str = _setting("127.0.0.1", str, "Address the ingress listens on")
     http_port: int = _setting(8080, _port, "Port the ingress listens on")
-    spool_dir: Path = _setting(
-        Path("spool"), Path, "Directory where accepted documents are spooled (fsynced)"
+    # A Path is immutable: sharing the default between instances is safe.
+    spool_dir: Path = _setting(  # noqa: RUF009
+        Path("spool"),
+        Path,
+        "Directory where accepted documents are spooled (fsynced)",
     )
     batch_max_features: int = _setting(
         2000, _positive_int, "Most features in one FeatureBatch message"
@@ -134,12 +137,17 @@ class Settings:
         " (RabbitMQ 4.x refuses messages over 16 MiB by default)",
     )
     repair: str = _setting(
-        "make_valid", _choice("make_valid", "reject"), "What the validator does with invalid geometry"
+        "make_valid",
+        _choice("make_valid", "reject"),
+        "What the validator does with invalid geometry",
     )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``GEOBUS_<NAME>`` variables; raise ConfigurationError on bad values."""
+        """Build settings from ``GEOBUS_<NAME>`` variables.
+
+        Raises ConfigurationError naming every bad variable at once.
+        """
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[str] = []
@@ -163,12 +171,10 @@ class Settings:
 
 
 def env_name(field_name: str) -> str:
-    """The environment variable that sets a field: ``batch_max_bytes`` → ``GEOBUS_BATCH_MAX_BYTES``."""
+    """The variable that sets a field: ``batch_max_bytes`` → ``GEOBUS_BATCH_MAX_BYTES``."""
     return "GEOBUS_" + field_name.upper()
 
 
 def documentation() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting, for the README's table."""
-    return [
-        (env_name(f.name), str(f.default), f.metadata["doc"]) for f in fields(Settings)
-    ]
+    return [(env_name(f.name), str(f.default), f.metadata["doc"]) for f in fields(Settings)]

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import shapely
-
 from geobus.codec.features import ParsedFeature, parse_feature
 from geobus.codec.scanner import RawItem
 from geobus.codec.structure import check_geometry_text
@@ -225,9 +224,7 @@ class BatchBuilder:
 @dataclass(slots=True)
 class _Encoded:
     features: list[tuple[ParsedFeature, bytes]] = field(default_factory=list)
-    problems: list[tuple[int, Problem, feature_pb2.FeatureId | None]] = field(
-        default_factory=list
-    )
+    problems: list[tuple[int, Problem, feature_pb2.FeatureId | None]] = field(default_factory=list)
 
 
 def _parse(texts: npt.NDArray[np.object_]) -> npt.NDArray[np.object_]:
@@ -259,7 +256,7 @@ def _suspect(geometries: npt.NDArray[np.object_]) -> npt.NDArray[np.bool_]:
     polygons = types == _POLYGON
     if polygons.any():
         rings, ring_owner = shapely.get_rings(parts[polygons], return_index=True)
-        short = shapely.get_num_coordinates(rings) < 4  # noqa: PLR2004
+        short = shapely.get_num_coordinates(rings) < 4
         flagged[present[owner[polygons][ring_owner[short]]]] = True
     # Mixed dimensions: GEOS fills a missing z with NaN.
     with_z = np.flatnonzero(shapely.has_z(geoms))

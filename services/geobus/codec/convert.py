@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import msgspec
-
 from geobus.codec.batches import BatchBuilder, BatchContext, BatchLimits, Output, Totals
 from geobus.codec.features import GEOMETRY_TYPES
 from geobus.codec.scanner import Framing, RawItem, Scanner
@@ -88,8 +87,9 @@ class DocumentConverter:
         try:
             top = msgspec.json.decode(members, type=_TopLevel)
         except msgspec.DecodeError as exc:
-            raise DocumentError("document_not_json", f"the document is not valid JSON: {exc}") \
-                from None
+            raise DocumentError(
+                "document_not_json", f"the document is not valid JSON: {exc}"
+            ) from None
         raw_type = bytes(top.type)
         kind = msgspec.json.decode(raw_type) if raw_type else None
         if scanner.top.streamed_features:

@@ -13,7 +13,6 @@ import re
 from dataclasses import dataclass
 
 import msgspec
-
 from geobus.problems import Problem, R
 from geobus.v1 import feature_pb2
 
@@ -116,7 +115,8 @@ def _feature(index: int, member: _Member) -> ParsedFeature | Problem:
         properties = b""
     elif properties and not properties.startswith(b"{"):
         return Problem(
-            R.REJECT_REASON_INVALID_FEATURE, '"properties" must be a JSON object or null',
+            R.REJECT_REASON_INVALID_FEATURE,
+            '"properties" must be a JSON object or null',
             "/properties",
         )
     feature_id = _feature_id(_raw(member.id))
@@ -137,7 +137,7 @@ def _string(raw: bytes) -> str | None:
     return value
 
 
-def _feature_id(raw: bytes) -> feature_pb2.FeatureId | None | Problem:
+def _feature_id(raw: bytes) -> feature_pb2.FeatureId | Problem | None:
     if not raw or raw == _NULL:
         # "id": null is written by many tools for "no id".
         return None

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import msgspec
 import numpy as np
-import orjson
+import numpy.typing as npt
 import shapely
-
 from geobus.errors import MessageError
 from geobus.v1 import feature_pb2
 
@@ -21,23 +21,24 @@ def feature_id_json(fid: feature_pb2.FeatureId) -> bytes | None:
     """The GeoJSON text of a FeatureId, or None when no alternative is set."""
     which = fid.WhichOneof("value")
     if which == "string_id":
-        return orjson.dumps(fid.string_id)
+        return msgspec.json.encode(fid.string_id)
     if which == "integer_id":
         return str(fid.integer_id).encode()
     if which == "number_id":
-        return orjson.dumps(fid.number_id)
+        return msgspec.json.encode(fid.number_id)
     if which == "big_integer_id":
         return fid.big_integer_id.encode()
     return None
 
 
-def geometries(batch: feature_pb2.FeatureBatch) -> np.ndarray:  # type: ignore[type-arg]
+def geometries(batch: feature_pb2.FeatureBatch) -> npt.NDArray[np.object_]:
     """The batch's geometries as a Shapely array (None for null geometries)."""
     if batch.geometry_encoding != feature_pb2.GEOMETRY_ENCODING_ISO_WKB:
         msg = f"unsupported geometry encoding {batch.geometry_encoding}"
         raise MessageError(msg)
     blobs = np.array([f.geometry or None for f in batch.features], dtype=object)
-    return shapely.from_wkb(blobs)
+    result: npt.NDArray[np.object_] = shapely.from_wkb(blobs)
+    return result
 
 
 def feature_texts(batch: feature_pb2.FeatureBatch) -> Iterator[bytes]:
@@ -54,7 +55,7 @@ def feature_texts(batch: feature_pb2.FeatureBatch) -> Iterator[bytes]:
             if fid is not None:
                 parts.append(b',"id":' + fid)
         if feature.bbox:
-            parts.append(b',"bbox":' + orjson.dumps(list(feature.bbox)))
+            parts.append(b',"bbox":' + msgspec.json.encode(list(feature.bbox)))
         parts.append(b',"geometry":' + geometry)
         parts.append(b',"properties":' + (feature.properties or b"null") + b"}")
         yield b"".join(parts)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 import msgspec
-
 from geobus.errors import DocumentError
 
 Framing = Literal["json", "seq", "ndjson"]
@@ -227,7 +226,7 @@ class Scanner:
         while True:
             try:
                 return pos + _non_object_length(bytes(buf.data[pos:]), buf.eof)
-            except _NeedMore:
+            except _NeedMoreError:
                 if not buf.more():
                     raise buf.truncated(pos, "inside the features array") from None
 
@@ -257,7 +256,7 @@ class Scanner:
             if m is not None:
                 return m.end()
             tail = bytes(buf.data[pos:])
-            if len(tail) < 64 and tail.strip(b" \t\r\n:") == b"" and buf.more():  # noqa: PLR2004
+            if len(tail) < 64 and tail.strip(b" \t\r\n:") == b"" and buf.more():
                 continue
             return None
 
@@ -303,7 +302,7 @@ class Scanner:
                 return
 
 
-class _NeedMore(Exception):
+class _NeedMoreError(Exception):
     """The window ends before the value does."""
 
 
@@ -324,4 +323,4 @@ def _non_object_length(data: bytes, eof: bool) -> int:
         return len(candidate)
     if eof:
         return len(data)
-    raise _NeedMore
+    raise _NeedMoreError

@@ -53,16 +53,18 @@ def check_geometry_text(text: bytes, pointer: str = "/geometry") -> Problem | No
     try:
         value = _load(text)
     except (ValueError, RecursionError) as exc:
-        return Problem(R.REJECT_REASON_MALFORMED_JSON, f"the geometry is not valid JSON: {exc}",
-                       pointer)
+        return Problem(
+            R.REJECT_REASON_MALFORMED_JSON, f"the geometry is not valid JSON: {exc}", pointer
+        )
     return check_geometry(value, pointer)
 
 
 def check_geometry(value: Any, pointer: str, nesting: int = 0) -> Problem | None:
     """The first structural problem of a decoded geometry object, or None."""
     if not isinstance(value, dict):
-        return Problem(R.REJECT_REASON_INVALID_GEOMETRY_TYPE,
-                       "a geometry must be a JSON object", pointer)
+        return Problem(
+            R.REJECT_REASON_INVALID_GEOMETRY_TYPE, "a geometry must be a JSON object", pointer
+        )
     kind = value.get("type")
     if not isinstance(kind, str) or kind not in GEOMETRY_TYPES:
         return Problem(
@@ -73,8 +75,11 @@ def check_geometry(value: Any, pointer: str, nesting: int = 0) -> Problem | None
     if kind == "GeometryCollection":
         return _collection(value, pointer, nesting)
     if "coordinates" not in value:
-        return Problem(R.REJECT_REASON_INVALID_COORDINATES,
-                       f'a {kind} must have a "coordinates" member', pointer + "/coordinates")
+        return Problem(
+            R.REJECT_REASON_INVALID_COORDINATES,
+            f'a {kind} must have a "coordinates" member',
+            pointer + "/coordinates",
+        )
     walker = _Walker(kind)
     return walker.walk(value["coordinates"], _DEPTH[kind], pointer + "/coordinates")
 
@@ -82,13 +87,17 @@ def check_geometry(value: Any, pointer: str, nesting: int = 0) -> Problem | None
 def _collection(value: dict[str, Any], pointer: str, nesting: int) -> Problem | None:
     members = value.get("geometries")
     if not isinstance(members, list):
-        return Problem(R.REJECT_REASON_INVALID_COORDINATES,
-                       'a GeometryCollection must have a "geometries" array',
-                       pointer + "/geometries")
+        return Problem(
+            R.REJECT_REASON_INVALID_COORDINATES,
+            'a GeometryCollection must have a "geometries" array',
+            pointer + "/geometries",
+        )
     if nesting >= MAX_NESTING:
-        return Problem(R.REJECT_REASON_INVALID_COORDINATES,
-                       f"GeometryCollections nested deeper than {MAX_NESTING} levels",
-                       pointer + "/geometries")
+        return Problem(
+            R.REJECT_REASON_INVALID_COORDINATES,
+            f"GeometryCollections nested deeper than {MAX_NESTING} levels",
+            pointer + "/geometries",
+        )
     dims: set[int] = set()
     for i, member in enumerate(members):
         problem = check_geometry(member, f"{pointer}/geometries/{i}", nesting + 1)
@@ -96,9 +105,11 @@ def _collection(value: dict[str, Any], pointer: str, nesting: int) -> Problem | 
             return problem
         dims |= _dimensions(member)
     if len(dims) > 1:
-        return Problem(R.REJECT_REASON_MIXED_DIMENSIONS,
-                       "some members of the GeometryCollection are 2-D and others 3-D",
-                       pointer + "/geometries")
+        return Problem(
+            R.REJECT_REASON_MIXED_DIMENSIONS,
+            "some members of the GeometryCollection are 2-D and others 3-D",
+            pointer + "/geometries",
+        )
     return None
 
 
@@ -147,22 +158,27 @@ class _Walker:
             return None
         is_ring = self.kind in ("Polygon", "MultiPolygon")
         if self.kind in ("LineString", "MultiLineString") and len(coords) == 1:
-            return Problem(R.REJECT_REASON_LINESTRING_TOO_SHORT,
-                           "a LineString needs at least two positions, it has one",
-                           pointer, _position(coords[0]))
+            return Problem(
+                R.REJECT_REASON_LINESTRING_TOO_SHORT,
+                "a LineString needs at least two positions, it has one",
+                pointer,
+                _position(coords[0]),
+            )
         if is_ring and coords:
-            if len(coords) < 4:  # noqa: PLR2004 - RFC 7946 §3.1.6
+            if len(coords) < 4:
                 return Problem(
                     R.REJECT_REASON_RING_TOO_SHORT,
                     f"a linear ring needs at least four positions, it has {len(coords)}",
-                    pointer, _position(coords[0]),
+                    pointer,
+                    _position(coords[0]),
                 )
             if list(coords[0]) != list(coords[-1]):
                 return Problem(
                     R.REJECT_REASON_RING_NOT_CLOSED,
                     "a linear ring's first and last positions must be equal; "
                     f"first {coords[0]}, last {coords[-1]}",
-                    f"{pointer}/{len(coords) - 1}", _position(coords[-1]),
+                    f"{pointer}/{len(coords) - 1}",
+                    _position(coords[-1]),
                 )
         return None
 
@@ -176,21 +192,33 @@ class _Walker:
             )
         if self.kind == "Point" and not pos:
             return None  # POINT EMPTY
-        if len(pos) < 2:  # noqa: PLR2004
-            return Problem(R.REJECT_REASON_POSITION_TOO_SHORT,
-                           f"a position needs at least two numbers, it has {len(pos)}", pointer)
-        if len(pos) > 3:  # noqa: PLR2004
+        if any(isinstance(n, list) for n in pos):
+            return Problem(
+                R.REJECT_REASON_INVALID_COORDINATES,
+                f"the coordinates of a {self.kind} are nested one level too deep here",
+                pointer,
+            )
+        if len(pos) < 2:
+            return Problem(
+                R.REJECT_REASON_POSITION_TOO_SHORT,
+                f"a position needs at least two numbers, it has {len(pos)}",
+                pointer,
+            )
+        if len(pos) > 3:
             return Problem(
                 R.REJECT_REASON_POSITION_TOO_LONG,
                 f"a position has {len(pos)} numbers; geobus carries x, y and an optional z"
                 " (M values are not supported)",
-                pointer, _position(pos[:3]),
+                pointer,
+                _position(pos[:3]),
             )
         for i, number in enumerate(pos):
             if isinstance(number, bool) or not isinstance(number, int | float):
-                return Problem(R.REJECT_REASON_NON_NUMERIC_COORDINATE,
-                               f"a coordinate must be a number, found {_json_type(number)}",
-                               f"{pointer}/{i}")
+                return Problem(
+                    R.REJECT_REASON_NON_NUMERIC_COORDINATE,
+                    f"a coordinate must be a number, found {_json_type(number)}",
+                    f"{pointer}/{i}",
+                )
             if isinstance(number, _NonFinite) or not math.isfinite(number):
                 return Problem(
                     R.REJECT_REASON_NON_FINITE_COORDINATE,
@@ -205,7 +233,8 @@ class _Walker:
                 R.REJECT_REASON_MIXED_DIMENSIONS,
                 f"this position has {len(pos)} numbers but earlier ones have {self.dimension};"
                 " all positions of a geometry must be 2-D or all 3-D",
-                pointer, _position(pos),
+                pointer,
+                _position(pos),
             )
         return None
 
