@@ -178,3 +178,10 @@ def env_name(field_name: str) -> str:
 def documentation() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting, for the README's table."""
     return [(env_name(f.name), str(f.default), f.metadata["doc"]) for f in fields(Settings)]
+
+
+def config_table() -> str:
+    """The Markdown table of every setting, as the README shows it."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in documentation()]
+    return "\n".join(rows)

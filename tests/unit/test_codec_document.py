@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+
 from geobus.codec.batches import BatchContext, BatchLimits
 from geobus.codec.convert import DocumentConverter, framing_for_path
 from geobus.codec.geojson import feature_texts

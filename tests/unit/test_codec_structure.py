@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from geobus.codec.batches import BatchContext, BatchLimits
 from geobus.codec.convert import DocumentConverter
 from geobus.problems import reason_name

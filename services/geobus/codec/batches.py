@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 import shapely
+
 from geobus.codec.features import ParsedFeature, parse_feature
 from geobus.codec.scanner import RawItem
 from geobus.codec.structure import check_geometry_text

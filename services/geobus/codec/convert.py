@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 import msgspec
+
 from geobus.codec.batches import BatchBuilder, BatchContext, BatchLimits, Output, Totals
 from geobus.codec.features import GEOMETRY_TYPES
 from geobus.codec.scanner import Framing, RawItem, Scanner

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 import msgspec
+
 from geobus.problems import Problem, R
 from geobus.v1 import feature_pb2
 

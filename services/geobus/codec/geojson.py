@@ -13,8 +13,20 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import shapely
+
 from geobus.errors import MessageError
 from geobus.v1 import feature_pb2
+
+_TYPE_NAMES = {
+    0: b"Point",
+    1: b"LineString",
+    2: b"LineString",  # a LinearRing is never sent; written as the LineString it is
+    3: b"Polygon",
+    4: b"MultiPoint",
+    5: b"MultiLineString",
+    6: b"MultiPolygon",
+}
+_GEOMETRY_COLLECTION = 7
 
 
 def feature_id_json(fid: feature_pb2.FeatureId) -> bytes | None:
@@ -48,6 +60,13 @@ def feature_texts(batch: feature_pb2.FeatureBatch) -> Iterator[bytes]:
     texts = np.full(len(geoms), b"null", dtype=object)
     if present.any():
         texts[present] = [t.encode() for t in shapely.to_geojson(geoms[present])]
+        # GEOS writes an empty polygon as [[]]; RFC 7946 readers expect [] for
+        # every empty geometry, which is also what came in.
+        empty = present & shapely.is_empty(geoms)
+        for i in np.flatnonzero(empty):
+            type_id = int(shapely.get_type_id(geoms[i]))
+            if type_id != _GEOMETRY_COLLECTION:
+                texts[i] = b'{"type":"%s","coordinates":[]}' % _TYPE_NAMES[type_id]
     for feature, geometry in zip(batch.features, texts, strict=True):
         parts = [b'{"type":"Feature"']
         if feature.HasField("id"):

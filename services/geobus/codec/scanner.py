@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 import msgspec
+
 from geobus.errors import DocumentError
 
 Framing = Literal["json", "seq", "ndjson"]

@@ -1,0 +1,146 @@
+"""The reprojector's pure transform: one PROJ call per batch, Z kept, domain failures rejected."""
+
+from __future__ import annotations
+
+import geometries as geo
+import numpy as np
+import pytest
+import shapely
+from pyproj import Transformer
+from shapely.testing import assert_geometries_equal
+
+from geobus.errors import ConfigurationError, MessageError
+from geobus.reprojector.transform import Reprojector
+from geobus.v1 import rejection_pb2
+from geobus.validator.transform import ValidationPolicy, validate
+
+MERCATOR = "EPSG:3857"
+
+
+def _independent(geometry: shapely.Geometry, target: str) -> shapely.Geometry:
+    """The geometry transformed by a fresh pyproj Transformer, coordinate array by array."""
+    reference = Transformer.from_crs("OGC:CRS84", target, always_xy=True)
+    return shapely.transform(
+        geometry,
+        lambda xyz: np.column_stack(reference.transform(*xyz.T)),
+        include_z=bool(shapely.has_z(geometry)),
+    )
+
+
+def test_catalogue_to_web_mercator_matches_pyproj() -> None:
+    """Every catalogue geometry lands where pyproj puts it (1e-6 m); 2-D stays 2-D, Z is kept."""
+    catalogue = [*geo.VALID, *geo.INVALID]
+    batch = geo.batch_of(catalogue)
+    result = Reprojector(MERCATOR)(batch)
+    assert result.rejections is None
+    assert result.batch.crs == MERCATOR
+    out = geo.decoded(result.batch)
+    assert len(out) == len(catalogue)
+    for source, projected in zip(catalogue, out, strict=True):
+        assert shapely.has_z(projected) == shapely.has_z(source)
+        assert_geometries_equal(projected, _independent(source, MERCATOR), tolerance=1e-6)
+    z_in = shapely.get_coordinates(geo.polygon_z_cw, include_z=True)[:, 2]
+    z_out = shapely.get_coordinates(out[catalogue.index(geo.polygon_z_cw)], include_z=True)[:, 2]
+    assert z_out.tolist() == z_in.tolist()
+
+
+def test_identity_and_adjustments_pass_through() -> None:
+    """Order, ids, properties, adjustments and the envelope survive; only crs changes."""
+    validated = validate(geo.batch_of([geo.bowtie, None, geo.point]), ValidationPolicy()).batch
+    out = Reprojector(MERCATOR)(validated).batch
+    assert [f.index for f in out.features] == [0, 1, 2]
+    assert [f.id.string_id for f in out.features] == ["f0", "f1", "f2"]
+    assert [f.properties for f in out.features] == [f.properties for f in validated.features]
+    assert out.features[0].adjustments == validated.features[0].adjustments
+    assert out.features[1].geometry == b""
+    assert (out.job_id, out.sequence, out.collection, out.source) == (
+        validated.job_id,
+        validated.sequence,
+        validated.collection,
+        validated.source,
+    )
+
+
+def test_empty_geometries_stay_empty() -> None:
+    """Empty geometries have no coordinates to transform and pass as empty."""
+    out = geo.decoded(Reprojector(MERCATOR)(geo.batch_of(geo.EMPTY)).batch)
+    assert all(g is not None and g.is_empty for g in out)
+    assert [g.geom_type for g in out if g is not None] == ["Point", "Polygon", "GeometryCollection"]
+
+
+def test_same_crs_passes_bytes_through() -> None:
+    """OGC:CRS84 → EPSG:4326 with x/y order kept is no transform: bytes unchanged, crs renamed."""
+    reprojector = Reprojector("EPSG:4326")
+    assert reprojector.transformer("OGC:CRS84") is None
+    batch = geo.batch_of([geo.polygon_cw, geo.point_z, None])
+    result = reprojector(batch)
+    assert result.batch.crs == "EPSG:4326"
+    assert [f.geometry for f in result.batch.features] == [f.geometry for f in batch.features]
+
+
+def test_transformers_are_cached_per_source_crs() -> None:
+    """A second batch in the same CRS reuses the Transformer."""
+    reprojector = Reprojector(MERCATOR)
+    first = reprojector.transformer("OGC:CRS84")
+    assert first is not None
+    assert reprojector.transformer("OGC:CRS84") is first
+    assert reprojector.transformer("EPSG:4326") is not first
+
+
+def test_web_mercator_near_the_pole_is_finite() -> None:
+    """PROJ does not enforce Web Mercator's ±85.06° area: latitude 89.9 gives a huge finite y."""
+    result = Reprojector(MERCATOR)(geo.batch_of([shapely.Point(0, 89.9), shapely.Point(0, 90)]))
+    assert result.rejections is None
+    near, pole = geo.decoded(result.batch)
+    assert near.y == pytest.approx(44_927_335.427, abs=1e-3)
+    assert np.isfinite(pole.y)
+    assert pole.y > 2e8
+
+
+def test_points_outside_the_projection_domain_are_rejected() -> None:
+    """A feature with a coordinate PROJ cannot transform is rejected, naming that coordinate."""
+    antipode = shapely.LineString([(10, 52), (0, 0), (-170, -52), (-171, -52)])
+    antipode_z = shapely.Point(-170, -52, 7)
+    batch = geo.batch_of([geo.point, antipode, geo.point_z, antipode_z])
+    result = Reprojector("EPSG:3035")(batch)
+    assert [f.index for f in result.batch.features] == [0, 2]
+    rejections = geo.by_index(result.rejections)
+    assert rejections[1].reason == rejection_pb2.REJECT_REASON_PROJECTION_FAILED
+    assert rejections[1].stage == "reprojector"
+    assert rejections[1].feature_id.string_id == "f1"
+    assert list(rejections[1].location.coordinate) == [-170.0, -52.0]
+    assert list(rejections[3].location.coordinate) == [-170.0, -52.0, 7.0]
+    assert np.isfinite(shapely.get_coordinates(geo.decoded(result.batch))).all()
+
+
+def test_unknown_crs_are_errors() -> None:
+    """A bad target CRS is a configuration error; a bad or missing batch CRS a message error."""
+    with pytest.raises(ConfigurationError):
+        Reprojector("EPSG:999999")
+    reprojector = Reprojector(MERCATOR)
+    with pytest.raises(MessageError):
+        reprojector(geo.batch_of([geo.point], crs="EPSG:999999"))
+    with pytest.raises(MessageError):
+        reprojector(geo.batch_of([geo.point], crs=""))
+
+
+@pytest.mark.slow
+def test_countries_land_10km_to_web_mercator() -> None:
+    """After validation all 220 countries reproject, finite, matching pyproj within 1e-6 m."""
+    reprojector = Reprojector(MERCATOR)
+    reference = Transformer.from_crs("OGC:CRS84", MERCATOR, always_xy=True)
+    total = 0
+    for batch in geo.dataset_batches("countries-land-10km"):
+        validated = validate(batch, ValidationPolicy())
+        result = reprojector(validated.batch)
+        assert result.rejections is None
+        total += len(result.batch.features)
+        source = shapely.get_coordinates(geo.decoded(validated.batch))
+        projected = shapely.get_coordinates(geo.decoded(result.batch))
+        assert source.shape == projected.shape
+        assert np.isfinite(projected).all()
+        sample = np.linspace(0, len(source) - 1, 50).astype(int)
+        x, y = reference.transform(source[sample, 0], source[sample, 1])
+        np.testing.assert_allclose(projected[sample, 0], x, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(projected[sample, 1], y, rtol=0, atol=1e-6)
+    assert total == 220
