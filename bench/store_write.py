@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import shapely
 
 from geobus.codec.batches import BatchContext
 from geobus.codec.convert import DocumentConverter
@@ -45,7 +46,8 @@ def _points(n: int) -> bytes:
 
 def _run(name: str, batches: list[feature_pb2.FeatureBatch], pg_url: str) -> None:
     n = sum(len(b.features) for b in batches)
-    vertices = sum(len(f.geometry) for b in batches for f in b.features) // 16
+    wkbs = [f.geometry for b in batches for f in b.features if f.geometry]
+    vertices = int(shapely.get_num_coordinates(shapely.from_wkb(wkbs)).sum())
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as tmp:
         stores = {
@@ -60,7 +62,7 @@ def _run(name: str, batches: list[feature_pb2.FeatureBatch], pg_url: str) -> Non
             elapsed = time.perf_counter() - started
             store.close()
             print(
-                f"  {kind:10s} {n} features (~{vertices:,} vertices) in {elapsed:.3f} s:"
+                f"  {kind:10s} {n} features ({vertices:,} vertices) in {elapsed:.3f} s:"
                 f" {n / elapsed:,.0f} features/s, {vertices / elapsed / 1e6:.1f} M vertices/s"
             )
     with psycopg.connect(pg_url, autocommit=True) as conn:

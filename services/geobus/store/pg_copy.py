@@ -1,0 +1,107 @@
+"""Binary COPY of feature batches into PostGIS, and the slow path for conflicts.
+
+The ISO WKB of the message becomes EWKB by rewriting the top-level header
+only (SRID flag + SRID): PostGIS reads ISO type codes at any depth, so no
+geometry is decoded in Python. Measured on countries-maritime-10m (250
+features, 1.9 M vertices): 0.20 s straight into the table, against 0.60 s
+through a staging table and ``INSERT ... SELECT ST_GeomFromWKB(wkb, srid)``.
+"""
+
+# ruff: noqa: S608  -- SQL is built only with checked identifiers (check_identifier); values are bound.
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import psycopg
+
+from geobus.store.rows import adjustments_json, feature_id_json
+from geobus.v1 import feature_pb2
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_EWKB_SRID_FLAG = 0x20000000
+_NULL = struct.pack(">i", -1)
+# jsonb's binary wire format: a version byte, then the JSON text.
+_JSONB_VERSION = b"\x01"
+COLUMNS = "job_id, feature_index, feature_id, properties, adjustments, geom"
+
+
+def ewkb(wkb: bytes, srid: int) -> bytes:
+    """ISO WKB → EWKB with ``srid``, by rewriting the top-level header only."""
+    order = "<" if wkb[0] == 1 else ">"
+    (kind,) = struct.unpack_from(order + "I", wkb, 1)
+    return wkb[:1] + struct.pack(order + "Ii", kind | _EWKB_SRID_FLAG, srid) + wkb[5:]
+
+
+def _field(value: bytes | None) -> bytes:
+    if value is None:
+        return _NULL
+    return struct.pack(">i", len(value)) + value
+
+
+def _jsonb(text: str | bytes | None) -> bytes | None:
+    if text is None or text == b"":
+        return None
+    return _JSONB_VERSION + (text.encode() if isinstance(text, str) else text)
+
+
+def copy_payload(batch: feature_pb2.FeatureBatch, srid: int) -> bytes:
+    """The binary COPY stream of a batch's rows, in the order of ``_COLUMNS``."""
+    job_id = _field(batch.job_id.encode())
+    parts = [_COPY_HEADER]
+    append = parts.append
+    head = struct.pack(">h", 6)
+    int8 = struct.Struct(">iq")
+    for f in batch.features:
+        append(head)
+        append(job_id)
+        append(int8.pack(8, f.index))
+        append(_field(_jsonb(feature_id_json(f.id, f.HasField("id")))))
+        append(_field(_jsonb(f.properties)))
+        append(_field(_jsonb(adjustments_json(f))))
+        append(_field(ewkb(f.geometry, srid) if f.geometry else None))
+    append(_COPY_TRAILER)
+    return b"".join(parts)
+
+
+def insert_new(cur: psycopg.Cursor[Any], table: str, payload: bytes) -> tuple[int, int]:
+    """Insert only the features not stored yet; (stored, repaired) of those inserted.
+
+    The slow path, taken when some (job id, feature index) of the batch is
+    already stored under another sequence number, e.g. a job resumed with
+    other batch limits: the store stays exactly-once per feature.
+    """
+    cur.execute(
+        """CREATE TEMP TABLE IF NOT EXISTS geobus_staging (job_id text, feature_index bigint,
+            feature_id jsonb, properties jsonb, adjustments jsonb, geom geometry)
+        ON COMMIT DELETE ROWS"""
+    )
+    with cur.copy(f"COPY geobus_staging ({COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(payload)
+    cur.execute(
+        f"""WITH inserted AS (
+            INSERT INTO {table} ({COLUMNS}) SELECT {COLUMNS} FROM geobus_staging
+            ON CONFLICT (job_id, feature_index) DO NOTHING RETURNING adjustments)
+        SELECT count(*), count(*) FILTER (WHERE adjustments @> '[{{"kind": "repaired"}}]')
+        FROM inserted"""
+    )
+    stored, repaired = cur.fetchone() or (0, 0)
+    return int(stored), int(repaired)
+
+
+def lz4_clause(cur: psycopg.Cursor[Any]) -> str:
+    """`` COMPRESSION lz4`` when the server has it, else "".
+
+    Large geometries are TOASTed; with the default pglz compression a
+    binary COPY of countries-maritime-10m spends 80 % of its time
+    compressing (0.9 s vs 0.14 s with lz4, and lz4's rows are smaller).
+    """
+    try:
+        with cur.connection.transaction():
+            cur.execute("CREATE TEMP TABLE geobus_lz4_probe (x text COMPRESSION lz4)")
+            cur.execute("DROP TABLE geobus_lz4_probe")
+    except (psycopg.errors.FeatureNotSupported, psycopg.errors.SyntaxError):
+        return ""
+    return " COMPRESSION lz4"

@@ -1,0 +1,112 @@
+"""Batch messages → column values, shared by the PostGIS and GeoPackage stores.
+
+Everything here is pure: protobuf in, plain Python values out. Feature ids,
+adjustments and rejection coordinates are stored as JSON text so that a
+string id stays a string and a big integer id keeps every digit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from geobus.problems import reason_name
+from geobus.store.base import FeatureIdValue
+from geobus.v1 import feature_pb2, rejection_pb2
+
+_REPAIRED = feature_pb2.ADJUSTMENT_KIND_REPAIRED
+NO_FEATURE_STORED = "no feature of the job could be stored: every feature was rejected"
+
+
+def feature_id_json(message: feature_pb2.FeatureId, present: bool) -> str | None:
+    """The GeoJSON ``id`` as JSON text, or None when the feature had none."""
+    if not present:
+        return None
+    kind = message.WhichOneof("value")
+    if kind == "string_id":
+        return json.dumps(message.string_id, ensure_ascii=False)
+    if kind == "integer_id":
+        return str(message.integer_id)
+    if kind == "number_id":
+        return json.dumps(message.number_id)
+    if kind == "big_integer_id":
+        # The exact digits as received: a JSON number, not rounded.
+        return message.big_integer_id
+    return None
+
+
+def feature_id_value(text: str | None) -> FeatureIdValue:
+    """JSON text of a stored feature id → the Python value (str, int, float or None)."""
+    if text is None:
+        return None
+    value = json.loads(text)
+    if isinstance(value, str | int | float):
+        return value
+    return None
+
+
+def adjustments_json(feature: feature_pb2.Feature) -> str | None:
+    """The feature's adjustments as a JSON array, None when there were none."""
+    if not feature.adjustments:
+        return None
+    return json.dumps(
+        [
+            {
+                "kind": feature_pb2.AdjustmentKind.Name(a.kind)
+                .removeprefix("ADJUSTMENT_KIND_")
+                .lower(),
+                "stage": a.stage,
+                "message": a.message,
+            }
+            for a in feature.adjustments
+        ],
+        ensure_ascii=False,
+    )
+
+
+def is_repaired(feature: feature_pb2.Feature) -> bool:
+    """True when a stage repaired the feature's geometry."""
+    return any(a.kind == _REPAIRED for a in feature.adjustments)
+
+
+def rejections_kind(stage: str) -> str:
+    """Ledger kind of a stage's rejections: ``rejections:<stage>``."""
+    return f"rejections:{stage}"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRow:
+    """One rejection as stored (JSON text for the id and the coordinate)."""
+
+    job_id: str
+    feature_index: int
+    feature_id: str | None
+    stage: str
+    reason: str
+    message: str
+    json_pointer: str
+    coordinate: list[float]
+
+
+def rejection_rows(rb: rejection_pb2.RejectionBatch) -> list[RejectionRow]:
+    """The rows of a RejectionBatch; a rejection's own stage wins over the batch's."""
+    return [
+        RejectionRow(
+            job_id=rb.job_id,
+            feature_index=r.feature_index,
+            feature_id=feature_id_json(r.feature_id, r.HasField("feature_id")),
+            stage=r.stage or rb.stage,
+            reason=reason_name(r.reason),
+            message=r.message,
+            json_pointer=r.location.json_pointer,
+            coordinate=list(r.location.coordinate),
+        )
+        for r in rb.rejections
+    ]
+
+
+def final_status(stored: int, features_total: int) -> tuple[str, str | None, str | None]:
+    """(status, code, message) of a job whose features are all accounted for."""
+    if stored == 0 and features_total > 0:
+        return "failed", "no_feature_stored", NO_FEATURE_STORED
+    return "successful", None, None
