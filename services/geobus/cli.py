@@ -57,6 +57,122 @@ def _convert(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _base_url(args: argparse.Namespace, settings: Settings) -> str:
+    url: str = args.url or f"http://{settings.http_host}:{settings.http_port}"
+    return url
+
+
+def _send(args: argparse.Namespace, settings: Settings) -> int:
+    from geobus import client
+
+    base = _base_url(args, settings)
+    params = {"source_crs": args.source_crs} if args.source_crs else {}
+    if args.callback_url:
+        params["callback_url"] = args.callback_url
+    try:
+        document, elapsed = client.send(
+            base, Path(args.file), collection=args.collection, params=params
+        )
+        if not args.json:
+            print(f"202 Accepted in {elapsed * 1000:.0f} ms: job {document['jobID']}")
+        if args.wait:
+            document = client.wait(base, document["jobID"])
+    except (client.RequestFailedError, OSError, TimeoutError) as exc:
+        print(f"geobus send: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(document))
+    elif args.wait:
+        _print_job(document)
+    return EXIT_OK if document["status"] in ("accepted", "running", "successful") else EXIT_FAILED
+
+
+def _print_job(document: dict[str, object]) -> None:
+    counts = document.get("counts") or {}
+    assert isinstance(counts, dict)
+    print(
+        f"job {document['jobID']} {document['status']} ({document.get('progress')}%):"
+        f" {counts.get('received')} received, {counts.get('stored')} stored"
+        f" ({counts.get('repaired')} repaired), {counts.get('rejected')} rejected"
+        f" — collection {document.get('collection')}"
+    )
+    if document.get("message"):
+        print(f"  {document['message']}")
+
+
+def _jobs_show(args: argparse.Namespace, settings: Settings) -> int:
+    from geobus import client
+
+    try:
+        document = client.job(_base_url(args, settings), args.job_id)
+    except (client.RequestFailedError, OSError) as exc:
+        print(f"geobus jobs show: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if args.json:
+        print(json.dumps(document))
+    else:
+        _print_job(document)
+    return EXIT_OK
+
+
+def _jobs_ls(args: argparse.Namespace, settings: Settings) -> int:
+    from geobus.ingress.documents import job_document
+    from geobus.store import open_store
+
+    store = open_store(settings)
+    try:
+        store.ensure_schema()
+        jobs = [job_document(job) for job in store.list_jobs(args.limit, 0)]
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(jobs))
+    else:
+        for document in jobs:
+            _print_job(document)
+    return EXIT_OK
+
+
+def _topology(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from geobus.broker.topology import declare_from_settings, describe
+
+    spec = asyncio.run(declare_from_settings(settings))
+    print(describe(spec))
+    return EXIT_OK
+
+
+def _ingress(args: argparse.Namespace, settings: Settings) -> int:
+    from geobus.ingress.server import serve
+
+    serve(settings, access_log=args.access_log)
+    return EXIT_OK
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+    import logging
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.stage == "validator":
+        from geobus.validator.consumer import run
+    elif args.stage == "reprojector":
+        from geobus.reprojector.consumer import run
+    else:
+        from geobus.writer.consumer import run
+    asyncio.run(run(settings))
+    return EXIT_OK
+
+
+def _up(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    from geobus.supervisor import run
+
+    return asyncio.run(run(settings, replicas=args.replicas))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every ``geobus`` command."""
     parser = argparse.ArgumentParser(
@@ -72,6 +188,45 @@ def build_parser() -> argparse.ArgumentParser:
         "--framing", choices=("json", "seq", "ndjson"), help="override detection by file name"
     )
     convert.set_defaults(run=_convert)
+
+    up = commands.add_parser("up", help="run the ingress and every stage on this machine")
+    up.add_argument("--replicas", type=int, default=1, help="processes per stage (default 1)")
+    up.set_defaults(run=_up)
+
+    ingress = commands.add_parser("ingress", help="run the HTTP ingress")
+    ingress.add_argument("--access-log", action="store_true", help="log every request")
+    ingress.set_defaults(run=_ingress)
+
+    worker = commands.add_parser("worker", help="run one stage (any number may run at once)")
+    worker.add_argument("stage", choices=("validator", "reprojector", "writer"))
+    worker.set_defaults(run=_worker)
+
+    topology = commands.add_parser(
+        "topology", help="declare the exchanges and queues and print them"
+    )
+    topology.set_defaults(run=_topology)
+
+    send = commands.add_parser("send", help="POST a GeoJSON file to the ingress")
+    send.add_argument("file")
+    send.add_argument("--collection", help="target table/layer (default: features)")
+    send.add_argument("--source-crs", help="CRS of legacy input that is not WGS 84")
+    send.add_argument("--callback-url", help="URL the job document is POSTed to at the end")
+    send.add_argument("--wait", action="store_true", help="follow the job to its end")
+    send.add_argument("--json", action="store_true", help="print the job document as JSON")
+    send.add_argument("--url", help="ingress base URL (default from GEOBUS_HTTP_HOST/PORT)")
+    send.set_defaults(run=_send)
+
+    jobs = commands.add_parser("jobs", help="look at jobs")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True)
+    show = jobs_commands.add_parser("show", help="one job's status document")
+    show.add_argument("job_id")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--url", help="ingress base URL (default from GEOBUS_HTTP_HOST/PORT)")
+    show.set_defaults(run=_jobs_show)
+    ls = jobs_commands.add_parser("ls", help="recent jobs, newest first (reads the store)")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(run=_jobs_ls)
     return parser
 
 

@@ -34,28 +34,11 @@ from geobus.v1 import feature_pb2
 
 pytestmark = pytest.mark.integration
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 BIG = 2**60 + 1
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 
 
 # -- fixtures -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh database with PostGIS for the session, dropped after."""
-    name = f"geobus_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-        yield url
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(params=["postgis", "geopackage"])

@@ -10,7 +10,8 @@ from shapely.testing import assert_geometries_equal
 
 from geobus.settings import Settings
 from geobus.v1 import feature_pb2, rejection_pb2
-from geobus.validator.transform import ValidationPolicy, polygonal_parts, validate
+from geobus.validator.transform import ValidationPolicy, validate
+from geobus.validity import polygonal_parts
 
 REPAIR = ValidationPolicy()
 REJECT = ValidationPolicy(repair="reject")

@@ -24,6 +24,7 @@ from geobus.errors import ConfigurationError, MessageError
 from geobus.problems import Problem, R
 from geobus.stage import StageResult
 from geobus.v1 import feature_pb2
+from geobus.validity import orient, repair
 
 STAGE = "reprojector"
 
@@ -72,7 +73,8 @@ class Reprojector:
         geometries, present = g.decode(batch)
         positions = np.flatnonzero(present)
         problems: dict[int, Problem] = {}
-        encoded: dict[int, bytes] = {}
+        result = geometries.copy()
+        done = np.zeros(len(geometries), dtype=bool)
         subset = geometries[positions]
         has_z = shapely.has_z(subset)
         for include_z in (False, True):
@@ -84,10 +86,50 @@ class Reprojector:
             problems.update({int(where[k]): problem for k, problem in bad.items()})
             ok = np.ones(len(where), dtype=bool)
             ok[list(bad)] = False
-            for position, wkb in zip(where[ok], g.encode(transformed[ok]), strict=True):
-                encoded[int(position)] = bytes(wkb)
-        out = g.rebuild(batch, drop=problems, geometry=encoded, crs=self.target_crs)
+            result[where[ok]] = transformed[ok]
+            done[where[ok]] = True
+        adjustments = self._revalidate(result, done, problems)
+        written = np.flatnonzero(done)
+        encoded = {
+            int(p): bytes(w) for p, w in zip(written, g.encode(result[written]), strict=True)
+        }
+        out = g.rebuild(
+            batch, drop=problems, geometry=encoded, adjustments=adjustments, crs=self.target_crs
+        )
         return StageResult(out, g.rejection_batch(batch, STAGE, problems))
+
+    def _revalidate(
+        self, geometries: g.ObjectArray, live: g.BoolArray, problems: dict[int, Problem]
+    ) -> dict[int, feature_pb2.Adjustment]:
+        """Repair, in place, what the transformation made invalid; reject what cannot be.
+
+        A geometry valid in degrees can self-intersect after projection when
+        two of its vertices were a hair apart; the store must hold geometry
+        valid in the CRS it is stored in.
+        """
+        positions = np.flatnonzero(live)
+        invalid = positions[~shapely.is_valid(geometries[positions])]
+        if not len(invalid):
+            return {}
+        reasons = shapely.is_valid_reason(geometries[invalid])
+        repaired = repair(geometries[invalid])
+        empty = shapely.is_empty(repaired)
+        orient(repaired, ~empty)
+        adjustments = {}
+        for k, position in enumerate(invalid.tolist()):
+            reason = f"{reasons[k]} after transformation into {self.target_crs}"
+            if empty[k]:
+                live[position] = False
+                problems[position] = Problem(
+                    R.REJECT_REASON_INVALID_TOPOLOGY,
+                    f"{reason}; repairing it left nothing of its dimension",
+                )
+                continue
+            geometries[position] = repaired[k]
+            adjustments[position] = feature_pb2.Adjustment(
+                kind=feature_pb2.ADJUSTMENT_KIND_REPAIRED, stage=STAGE, message=reason
+            )
+        return adjustments
 
 
 def _transform(

@@ -1,0 +1,303 @@
+"""The broker topology of geobus as typed data, and the code that declares it.
+
+Every exchange, queue, binding and ``x-`` argument lives in :func:`topology`,
+built from a name prefix so that tests and tenants run side by side. The
+same value is declared at start-up (idempotently: a second declaration with
+equal arguments is a no-op, one with different arguments fails loudly),
+printed by ``geobus topology`` and deleted by test fixtures.
+
+Stage queues are quorum queues: replicated, with a delivery limit that turns
+a message that keeps crashing its consumer into a dead letter, and
+at-least-once dead-lettering so that the dead letter itself is not lost.
+Each stage dead-letters to its own queue ``<prefix>.dlq.<stage>`` through the
+topic exchange ``<prefix>.dlx``: ``x-dead-letter-routing-key`` overrides the
+original routing key, so one exchange serves every stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, ExchangeType
+from aiormq.exceptions import AMQPConnectionError, ChannelPreconditionFailed
+from pamqp.common import FieldTable
+
+from geobus.broker import routing
+from geobus.errors import ConfigurationError, TransientError
+from geobus.settings import Settings
+
+DEFAULT_DELIVERY_LIMIT = 10
+
+VALIDATOR = "validator"
+REPROJECTOR = "reprojector"
+WRITER = "writer"
+STAGES = (VALIDATOR, REPROJECTOR, WRITER)
+"""The stages that own a queue, in pipeline order."""
+
+ArgumentValue = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSpec:
+    """A durable exchange."""
+
+    name: str
+    type: ExchangeType = ExchangeType.TOPIC
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A durable queue and its ``x-`` arguments (kept as pairs: the spec stays hashable)."""
+
+    name: str
+    arguments: tuple[tuple[str, ArgumentValue], ...] = ()
+    durable: bool = True
+
+    @property
+    def argument_table(self) -> dict[str, ArgumentValue]:
+        """The arguments as the AMQP table sent with ``queue.declare``."""
+        return dict(self.arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class BindingSpec:
+    """``queue`` receives what ``exchange`` routes with ``routing_key``."""
+
+    queue: str
+    exchange: str
+    routing_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Every exchange, queue and binding of one prefix."""
+
+    prefix: str
+    exchanges: tuple[ExchangeSpec, ...]
+    queues: tuple[QueueSpec, ...]
+    bindings: tuple[BindingSpec, ...]
+
+    @property
+    def features_exchange(self) -> str:
+        """The topic exchange of ``feature.*`` messages."""
+        return features_exchange(self.prefix)
+
+    @property
+    def jobs_exchange(self) -> str:
+        """The topic exchange of ``job.*`` messages."""
+        return jobs_exchange(self.prefix)
+
+    @property
+    def dead_letter_exchange(self) -> str:
+        """The exchange every stage queue dead-letters to."""
+        return dead_letter_exchange(self.prefix)
+
+    def stage_queue(self, stage: str) -> str:
+        """The queue a stage consumes."""
+        _check_stage(stage)
+        return stage_queue(self.prefix, stage)
+
+    def dead_letter_queue(self, stage: str) -> str:
+        """The queue holding the dead letters of a stage."""
+        _check_stage(stage)
+        return dead_letter_queue(self.prefix, stage)
+
+    def queue(self, name: str) -> QueueSpec:
+        """The spec of the queue called ``name``."""
+        for spec in self.queues:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def binds(self, routing_key: str) -> bool:
+        """Whether a geobus queue consumes ``routing_key``.
+
+        Such messages must reach a queue (published ``mandatory``); the others
+        (``feature.stored``, ``job.accepted``, ``job.completed``,
+        ``job.failed``) are events for consumers outside geobus and may have
+        no listener at all.
+        """
+        return any(b.routing_key == routing_key for b in self.bindings)
+
+    def exchange_for(self, routing_key: str) -> str:
+        """The exchange a message with ``routing_key`` is published to."""
+        if routing_key.startswith("feature."):
+            return self.features_exchange
+        if routing_key.startswith("job."):
+            return self.jobs_exchange
+        msg = f"no geobus exchange routes {routing_key!r}"
+        raise ValueError(msg)
+
+
+def features_exchange(prefix: str) -> str:
+    """``<prefix>.features``."""
+    return f"{prefix}.features"
+
+
+def jobs_exchange(prefix: str) -> str:
+    """``<prefix>.jobs``."""
+    return f"{prefix}.jobs"
+
+
+def dead_letter_exchange(prefix: str) -> str:
+    """``<prefix>.dlx``."""
+    return f"{prefix}.dlx"
+
+
+def stage_queue(prefix: str, stage: str) -> str:
+    """``<prefix>.<stage>``."""
+    return f"{prefix}.{stage}"
+
+
+def dead_letter_queue(prefix: str, stage: str) -> str:
+    """``<prefix>.dlq.<stage>``."""
+    return f"{prefix}.dlq.{stage}"
+
+
+def dead_letter_routing_key(stage: str) -> str:
+    """``dlq.<stage>``: the key a stage's dead letters carry on the dead-letter exchange."""
+    return f"dlq.{stage}"
+
+
+def _check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        msg = f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}"
+        raise ValueError(msg)
+
+
+def topology(prefix: str, delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> Topology:
+    """The whole topology of ``prefix``; pure, nothing is declared."""
+    if delivery_limit <= 0:
+        msg = f"delivery_limit must be positive, got {delivery_limit}"
+        raise ValueError(msg)
+    features, jobs, dlx = (
+        features_exchange(prefix),
+        jobs_exchange(prefix),
+        dead_letter_exchange(prefix),
+    )
+    inputs: Mapping[str, tuple[tuple[str, str], ...]] = {
+        VALIDATOR: ((features, routing.FEATURE_INGESTED),),
+        REPROJECTOR: ((features, routing.FEATURE_VALIDATED),),
+        # The writer takes every kind of message that ends in the store and
+        # dispatches on the AMQP type property.
+        WRITER: (
+            (features, routing.FEATURE_REPROJECTED),
+            (features, routing.FEATURE_REJECTED),
+            (jobs, routing.JOB_SEALED),
+        ),
+    }
+    queues: list[QueueSpec] = []
+    bindings: list[BindingSpec] = []
+    for stage in STAGES:
+        name = stage_queue(prefix, stage)
+        queues.append(
+            QueueSpec(
+                name,
+                (
+                    ("x-queue-type", "quorum"),
+                    ("x-dead-letter-exchange", dlx),
+                    ("x-dead-letter-routing-key", dead_letter_routing_key(stage)),
+                    ("x-dead-letter-strategy", "at-least-once"),
+                    # A full queue nacks the publish (the publisher retries)
+                    # instead of dropping the oldest message.
+                    ("x-overflow", "reject-publish"),
+                    ("x-delivery-limit", delivery_limit),
+                ),
+            )
+        )
+        bindings += [BindingSpec(name, exchange, key) for exchange, key in inputs[stage]]
+    for stage in STAGES:
+        # Dead-letter queues have no DLX: a dead letter stays until a person
+        # replays or purges it.
+        name = dead_letter_queue(prefix, stage)
+        queues.append(QueueSpec(name, (("x-queue-type", "quorum"),)))
+        bindings.append(BindingSpec(name, dlx, dead_letter_routing_key(stage)))
+    return Topology(
+        prefix=prefix,
+        exchanges=(ExchangeSpec(features), ExchangeSpec(jobs), ExchangeSpec(dlx)),
+        queues=tuple(queues),
+        bindings=tuple(bindings),
+    )
+
+
+async def declare(channel: AbstractChannel, topology: Topology) -> None:
+    """Declare every exchange, queue and binding; a no-op when they already exist as specified.
+
+    Raises ConfigurationError when an existing queue or exchange has other
+    arguments (the broker closes ``channel`` in that case).
+    """
+    try:
+        for exchange in topology.exchanges:
+            await channel.declare_exchange(exchange.name, exchange.type, durable=exchange.durable)
+        queues = {}
+        for spec in topology.queues:
+            queues[spec.name] = await channel.declare_queue(
+                spec.name,
+                durable=spec.durable,
+                arguments=cast(FieldTable, spec.argument_table),
+            )
+        for binding in topology.bindings:
+            await queues[binding.queue].bind(binding.exchange, binding.routing_key)
+    except ChannelPreconditionFailed as exc:
+        msg = (
+            f"the broker holds a geobus object with other settings than this geobus expects "
+            f"({exc}); delete it or use another GEOBUS_PREFIX"
+        )
+        raise ConfigurationError(msg) from exc
+
+
+async def delete(channel: AbstractChannel, topology: Topology) -> None:
+    """Delete every queue and exchange of ``topology``, messages included (tests, ``purge``)."""
+    for spec in topology.queues:
+        # Quorum queues refuse if_unused / if_empty deletes (the broker closes
+        # the connection), so both must be off.
+        await channel.queue_delete(spec.name, if_unused=False, if_empty=False)
+    for exchange in topology.exchanges:
+        await channel.exchange_delete(exchange.name, if_unused=False)
+
+
+def describe(topology: Topology) -> str:
+    """A human-readable listing of ``topology`` (what ``geobus topology`` prints)."""
+    lines = [f"prefix {topology.prefix}", "", "exchanges:"]
+    lines += [
+        f"  {e.name}  ({e.type.value}{', durable' if e.durable else ''})"
+        for e in topology.exchanges
+    ]
+    lines += ["", "queues:"]
+    for spec in topology.queues:
+        lines.append(f"  {spec.name}{'  (durable)' if spec.durable else ''}")
+        lines += [f"      {key} = {value}" for key, value in spec.arguments]
+        lines += [
+            f"      <- {b.exchange} [{b.routing_key}]"
+            for b in topology.bindings
+            if b.queue == spec.name
+        ]
+    unbound = [key for key in routing.MESSAGE_TYPES if not topology.binds(key)]
+    if unbound:
+        lines += ["", "routing keys without a geobus queue (bind your own):"]
+        lines += [f"  {topology.exchange_for(key)} [{key}]" for key in unbound]
+    return "\n".join(lines)
+
+
+async def declare_from_settings(
+    settings: Settings, *, delivery_limit: int = DEFAULT_DELIVERY_LIMIT
+) -> Topology:
+    """Connect to ``settings.amqp_url``, declare the topology of ``settings.prefix``, disconnect.
+
+    Raises TransientError when the broker cannot be reached and
+    ConfigurationError when it holds conflicting objects.
+    """
+    spec = topology(settings.prefix, delivery_limit)
+    try:
+        connection = await aio_pika.connect(settings.amqp_url)
+    except (AMQPConnectionError, OSError) as exc:
+        msg = f"cannot connect to RabbitMQ: {exc}"
+        raise TransientError(msg) from exc
+    async with connection:
+        channel = await connection.channel()
+        await declare(channel, spec)
+    return spec

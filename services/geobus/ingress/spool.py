@@ -1,0 +1,126 @@
+"""Spool files: the accepted document and the metadata needed to resume it.
+
+A job is spooled as two files in the spool directory: ``<job_id>.body``
+holds the request body exactly as it was sent (still gzip-compressed when the
+request said ``Content-Encoding: gzip``: the bytes a webhook signature covers,
+and less disk written), and ``<job_id>.json`` holds :class:`SpoolMeta`. Both
+are fsynced before the 202, so a job that was acknowledged survives a crash
+and can be converted again from the spool alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+BODY_SUFFIX = ".body"
+META_SUFFIX = ".json"
+# A gzip member is at least a 10-byte header and an 8-byte trailer.
+_GZIP_MINIMUM = 18
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolMeta:
+    """What a spooled job needs besides its body; independent of settings."""
+
+    job_id: str
+    collection: str
+    media_type: str
+    content_encoding: str  # "identity" or "gzip"
+    source_crs: str | None
+    callback_url: str | None
+    created: str  # RFC 3339, UTC
+    body_bytes: int  # size of the .body file (as sent, before any decoding)
+    document_bytes: int  # size of the document once the content encoding is removed
+
+    def to_json(self) -> bytes:
+        """The metadata file's content."""
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SpoolMeta:
+        """Read a metadata file written by :meth:`to_json`."""
+        fields: dict[str, Any] = json.loads(data)
+        return cls(**fields)
+
+
+def gzip_size(path: Path) -> int:
+    """The uncompressed size a gzip file declares in its trailer (ISIZE, modulo 2**32).
+
+    Blocking: call it in a thread. A body too short to be gzip gives 0; the
+    conversion reports it as a bad document.
+    """
+    with path.open("rb") as handle:
+        if handle.seek(0, os.SEEK_END) < _GZIP_MINIMUM:
+            return 0
+        handle.seek(-4, os.SEEK_END)
+        return int.from_bytes(handle.read(4), "little")
+
+
+def body_path(spool_dir: Path, job_id: str) -> Path:
+    """Where the body of ``job_id`` is spooled."""
+    return spool_dir / f"{job_id}{BODY_SUFFIX}"
+
+
+def meta_path(spool_dir: Path, job_id: str) -> Path:
+    """Where the metadata of ``job_id`` is spooled."""
+    return spool_dir / f"{job_id}{META_SUFFIX}"
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (blocking: call it in a thread)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file_handle(handle: BinaryIO) -> None:
+    """Flush an open file's data to disk (blocking: call it in a thread)."""
+    os.fsync(handle.fileno())
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the directory entries of new or renamed files durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_meta(spool_dir: Path, meta: SpoolMeta) -> Path:
+    """Write the metadata file atomically (temp file, fsync, rename, fsync dir).
+
+    Blocking: call it in a thread. Also fsyncs the directory, which makes the
+    body file's directory entry durable too.
+    """
+    target = meta_path(spool_dir, meta.job_id)
+    temporary = target.with_name(target.name + ".tmp")
+    with temporary.open("wb") as handle:
+        handle.write(meta.to_json())
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(target)
+    fsync_dir(spool_dir)
+    return target
+
+
+def read_meta(spool_dir: Path, job_id: str) -> SpoolMeta:
+    """The metadata of a spooled job."""
+    return SpoolMeta.from_json(meta_path(spool_dir, job_id).read_bytes())
+
+
+def remove(spool_dir: Path, job_id: str) -> None:
+    """Delete both spool files of a job (missing files are fine)."""
+    body_path(spool_dir, job_id).unlink(missing_ok=True)
+    meta_path(spool_dir, job_id).unlink(missing_ok=True)
+
+
+def pending_jobs(spool_dir: Path) -> list[str]:
+    """Job ids whose metadata is on disk: accepted but not finished converting."""
+    return sorted(p.name.removesuffix(META_SUFFIX) for p in spool_dir.glob(f"*{META_SUFFIX}"))

@@ -1,0 +1,133 @@
+"""Running a stage: connections, the consume loop, and shutdown on signals.
+
+A stage is a pure transform (``FeatureBatch`` → ``StageResult``) plus what
+this module gives it: a consumer on its own connection, a confirming
+publisher on another (RabbitMQ blocks publishing connections under a memory
+or disk alarm; a shared one would stop consuming too), and a clean stop on
+SIGINT/SIGTERM that finishes in-flight batches before closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aio_pika.abc import AbstractIncomingMessage
+from google.protobuf.message import Message
+
+from geobus.broker import routing
+from geobus.broker.consumer import run_consumer
+from geobus.broker.publisher import Publisher
+from geobus.broker.topology import Topology, declare_from_settings
+from geobus.broker.wire import message_id
+from geobus.errors import MessageError
+from geobus.settings import Settings
+from geobus.stage import StageResult
+from geobus.v1 import feature_pb2
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[feature_pb2.FeatureBatch], StageResult]
+Handler = Callable[[Message, AbstractIncomingMessage], Awaitable[None]]
+
+# Batches in flight per stage process: enough to keep both cores busy while
+# one batch waits for confirms, small enough that a crash re-delivers little
+# (every redelivery spends one of the quorum queue's delivery limit).
+PREFETCH = 4
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (installed on the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def publish_result(
+    publisher: Publisher,
+    topology: Topology,
+    result: StageResult,
+    *,
+    stage: str,
+    output_key: str,
+) -> None:
+    """Publish a stage's output batch and rejections; return after both are confirmed."""
+    batch = result.batch
+    sends = []
+    if result.has_features:
+        sends.append(
+            publisher.publish(
+                topology.features_exchange,
+                output_key,
+                batch,
+                message_id=message_id(batch.job_id, output_key, batch.sequence),
+                correlation_id=batch.job_id,
+                stage=stage,
+            )
+        )
+    if result.rejections is not None and len(result.rejections.rejections):
+        key = routing.FEATURE_REJECTED
+        sends.append(
+            publisher.publish(
+                topology.features_exchange,
+                key,
+                result.rejections,
+                # Rejections of one batch by different stages must not share an id.
+                message_id=message_id(batch.job_id, f"{key}.{stage}", batch.sequence),
+                correlation_id=batch.job_id,
+                stage=stage,
+            )
+        )
+    await asyncio.gather(*sends)
+
+
+def transform_handler(
+    transform: Transform,
+    publisher: Publisher,
+    topology: Topology,
+    *,
+    stage: str,
+    output_key: str,
+) -> Handler:
+    """The consumer callback of a transform stage: decode, transform off the loop, publish."""
+
+    async def handle(payload: Message, _message: AbstractIncomingMessage) -> None:
+        if not isinstance(payload, feature_pb2.FeatureBatch):
+            msg = f"the {stage} takes geobus.v1.FeatureBatch, not {payload.DESCRIPTOR.full_name}"
+            raise MessageError(msg)
+        # Shapely and PROJ release the GIL, so a thread keeps the loop free
+        # and lets batches run on both cores.
+        result = await asyncio.to_thread(transform, payload)
+        await publish_result(publisher, topology, result, stage=stage, output_key=output_key)
+
+    return handle
+
+
+async def run_stage(
+    settings: Settings,
+    stage: str,
+    make_handler: Callable[[Publisher, Topology], Handler],
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Declare the topology, connect, and consume the stage's queue until ``stop`` is set."""
+    stop = stop or stop_on_signals()
+    topology = await declare_from_settings(settings)
+    publisher = await Publisher.connect(settings.amqp_url, topology)
+    try:
+        log.info("%s consuming %s", stage, topology.stage_queue(stage))
+        await run_consumer(
+            settings.amqp_url,
+            topology.stage_queue(stage),
+            make_handler(publisher, topology),
+            prefetch=PREFETCH,
+            stop=stop,
+            stage=stage,
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            await publisher.close()

@@ -1,0 +1,152 @@
+"""The writer service: one queue carrying every message that ends in the store.
+
+- ``feature.reprojected`` (FeatureBatch): committed in one transaction, then
+  republished as ``feature.stored`` for consumers outside geobus;
+- ``feature.rejected`` (RejectionBatch): recorded per job;
+- ``job.sealed`` (JobSealed): the job's totals.
+
+After each, the job is completed when stored + rejected reached the sealed
+total: ``job.completed`` is published and the callback, if any, is sent. The
+store makes every write idempotent, so a redelivered message changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from aio_pika.abc import AbstractIncomingMessage
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from geobus.broker import routing
+from geobus.broker.publisher import Publisher
+from geobus.broker.topology import Topology
+from geobus.broker.wire import message_id
+from geobus.errors import MessageError
+from geobus.ingress.documents import job_document
+from geobus.runtime import Handler, run_stage
+from geobus.settings import Settings
+from geobus.store import open_store
+from geobus.store.base import FeatureStore, JobRecord
+from geobus.v1 import feature_pb2, job_pb2, rejection_pb2
+from geobus.writer import callbacks
+
+STAGE = "writer"
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    "successful": job_pb2.JOB_STATUS_SUCCESSFUL,
+    "failed": job_pb2.JOB_STATUS_FAILED,
+}
+
+
+class Writer:
+    """Dispatches the writer queue's messages to the store and completes jobs."""
+
+    def __init__(self, store: FeatureStore, publisher: Publisher, topology: Topology) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.topology = topology
+        self._callbacks: set[asyncio.Task[bool]] = set()
+
+    async def handle(self, payload: Message, _message: AbstractIncomingMessage) -> None:
+        """Store one message's content; ack follows when this returns."""
+        if isinstance(payload, feature_pb2.FeatureBatch):
+            await asyncio.to_thread(self.store.write_batch, payload)
+            await self.publisher.publish(
+                self.topology.features_exchange,
+                routing.FEATURE_STORED,
+                payload,
+                message_id=message_id(payload.job_id, routing.FEATURE_STORED, payload.sequence),
+                correlation_id=payload.job_id,
+                stage=STAGE,
+            )
+            job_id = payload.job_id
+        elif isinstance(payload, rejection_pb2.RejectionBatch):
+            await asyncio.to_thread(self.store.write_rejections, payload)
+            job_id = payload.job_id
+        elif isinstance(payload, job_pb2.JobSealed):
+            await asyncio.to_thread(
+                self.store.seal_job,
+                payload.job_id,
+                payload.features_total,
+                payload.batches_total,
+                payload.sealed_at.ToDatetime(tzinfo=UTC)
+                if payload.HasField("sealed_at")
+                else datetime.now(UTC),
+            )
+            job_id = payload.job_id
+        else:
+            msg = f"the writer does not take {payload.DESCRIPTOR.full_name}"
+            raise MessageError(msg)
+        await self._complete_if_done(job_id)
+
+    async def _complete_if_done(self, job_id: str) -> None:
+        job = await asyncio.to_thread(self.store.complete_if_done, job_id, datetime.now(UTC))
+        if job is None:
+            return
+        counts = job.counts
+        finished = Timestamp()
+        finished.FromDatetime(job.finished or datetime.now(UTC))
+        event = job_pb2.JobCompleted(
+            job_id=job.job_id,
+            status=_STATUS.get(job.status, job_pb2.JOB_STATUS_UNSPECIFIED),
+            counts=job_pb2.JobCounts(
+                received=counts.received,
+                valid=counts.valid,
+                repaired=counts.repaired,
+                rejected=counts.rejected,
+                stored=counts.stored,
+            ),
+            completed_at=finished,
+        )
+        await self.publisher.publish(
+            self.topology.jobs_exchange,
+            routing.JOB_COMPLETED,
+            event,
+            message_id=message_id(job.job_id, routing.JOB_COMPLETED, 0),
+            correlation_id=job.job_id,
+            stage=STAGE,
+        )
+        log.info(
+            "job %s %s: %d stored, %d rejected",
+            job.job_id,
+            job.status,
+            counts.stored,
+            counts.rejected,
+        )
+        if job.callback_url:
+            self._send_callback(job)
+
+    def _send_callback(self, job: JobRecord) -> None:
+        assert job.callback_url is not None
+        task = asyncio.create_task(callbacks.deliver(job.callback_url, job_document(job)))
+        # Keep a reference until done: the loop only holds weak ones.
+        self._callbacks.add(task)
+        task.add_done_callback(self._callbacks.discard)
+
+    async def drain_callbacks(self) -> None:
+        """Wait for callbacks still being delivered (at shutdown)."""
+        if self._callbacks:
+            await asyncio.gather(*self._callbacks, return_exceptions=True)
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Consume the writer queue until stopped."""
+    store = open_store(settings)
+    await asyncio.to_thread(store.ensure_schema)
+    writers: list[Writer] = []
+
+    def make_handler(publisher: Publisher, topology: Topology) -> Handler:
+        writer = Writer(store, publisher, topology)
+        writers.append(writer)
+        return writer.handle
+
+    try:
+        await run_stage(settings, STAGE, make_handler, stop)
+        for writer in writers:
+            await writer.drain_callbacks()
+    finally:
+        store.close()

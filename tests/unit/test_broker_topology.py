@@ -1,0 +1,73 @@
+"""The broker topology as data: names, arguments, bindings, printing."""
+
+from __future__ import annotations
+
+import pytest
+
+from geobus.broker import routing
+from geobus.broker.topology import BindingSpec, describe, topology
+
+
+def test_names_follow_the_prefix() -> None:
+    """Names: <prefix>.features/.jobs/.dlx, <prefix>.<stage>, <prefix>.dlq.<stage>."""
+    spec = topology("acme")
+    assert [e.name for e in spec.exchanges] == ["acme.features", "acme.jobs", "acme.dlx"]
+    assert all(e.durable and e.type.value == "topic" for e in spec.exchanges)
+    assert [q.name for q in spec.queues] == [
+        "acme.validator",
+        "acme.reprojector",
+        "acme.writer",
+        "acme.dlq.validator",
+        "acme.dlq.reprojector",
+        "acme.dlq.writer",
+    ]
+    assert spec.exchange_for(routing.JOB_SEALED) == "acme.jobs"
+    assert spec.exchange_for(routing.FEATURE_STORED) == "acme.features"
+
+
+def test_stage_queues_dead_letter_to_their_own_dlq() -> None:
+    """A stage queue is quorum, with DLX, its own dead-letter key and the delivery limit."""
+    spec = topology("acme", delivery_limit=4)
+    assert spec.queue("acme.reprojector").argument_table == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "acme.dlx",
+        "x-dead-letter-routing-key": "dlq.reprojector",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": 4,
+    }
+    assert spec.queue("acme.dlq.reprojector").argument_table == {"x-queue-type": "quorum"}
+    assert BindingSpec("acme.dlq.reprojector", "acme.dlx", "dlq.reprojector") in spec.bindings
+
+
+def test_bindings_of_the_stages() -> None:
+    """validator ← ingested, reprojector ← validated, writer ← reprojected, rejected, job.sealed."""
+    spec = topology("p")
+    stage_bindings = {
+        (b.queue, b.exchange, b.routing_key) for b in spec.bindings if ".dlq." not in b.queue
+    }
+    assert stage_bindings == {
+        ("p.validator", "p.features", "feature.ingested"),
+        ("p.reprojector", "p.features", "feature.validated"),
+        ("p.writer", "p.features", "feature.reprojected"),
+        ("p.writer", "p.features", "feature.rejected"),
+        ("p.writer", "p.jobs", "job.sealed"),
+    }
+    assert not any(b.routing_key == routing.FEATURE_STORED for b in spec.bindings)
+
+
+def test_describe_lists_queues_arguments_and_unbound_keys() -> None:
+    """The printout names each queue with its arguments and the keys left for outside consumers."""
+    text = describe(topology("p", delivery_limit=7))
+    assert "p.dlq.writer" in text
+    assert "x-delivery-limit = 7" in text
+    assert "<- p.jobs [job.sealed]" in text
+    assert "p.features [feature.stored]" in text.split("without a geobus queue")[1]
+
+
+def test_bad_arguments_are_refused() -> None:
+    """A non-positive delivery limit or an unknown stage raises ValueError."""
+    with pytest.raises(ValueError, match="delivery_limit"):
+        topology("p", delivery_limit=0)
+    with pytest.raises(ValueError, match="unknown stage"):
+        topology("p").stage_queue("ingress")
