@@ -17,6 +17,7 @@ import httpx
 import pytest
 import uvicorn
 
+from bench import datasets
 from geobus.broker.topology import declare, delete, topology
 from geobus.ingress.app import create_app
 from geobus.settings import Settings
@@ -26,8 +27,6 @@ from geobus.v1 import feature_pb2, job_pb2, rejection_pb2
 pytestmark = pytest.mark.integration
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
-MAP = Path("/tmp/ds/package/map.geo.json")
-MARITIME = Path(__file__).resolve().parents[2] / ".data" / "countries-maritime-10m.geojson"
 
 
 @dataclass
@@ -168,7 +167,7 @@ async def test_map_is_converted_and_sealed(tmp_path: Path) -> None:
         collector(settings.prefix, ("job.sealed",)) as collected,
         live_server(settings) as url,
     ):
-        response, seconds = await _post(url, MAP)
+        response, seconds = await _post(url, datasets.path("countries-land-10km"))
         assert response.status_code == 202, response.text
         assert seconds < 2.0
         job_id = response.json()["jobID"]
@@ -226,7 +225,7 @@ async def test_large_document_latency_and_loop_lag(tmp_path: Path) -> None:
     meter = LagMeter()
     async with collector(settings.prefix) as collected, live_server(settings) as url:
         meter.start()
-        response, seconds = await _post(url, MARITIME)
+        response, seconds = await _post(url, datasets.path("countries-maritime-10m"))
         receive_lag = await meter.stop()
         assert response.status_code == 202, response.text
         meter.start()
