@@ -67,9 +67,15 @@ def check_geometry(value: Any, pointer: str, nesting: int = 0) -> Problem | None
         )
     kind = value.get("type")
     if not isinstance(kind, str) or kind not in GEOMETRY_TYPES:
+        if "type" not in value:
+            found = 'no "type" member'
+        elif isinstance(kind, str):
+            found = f"unknown type {kind!r}"
+        else:
+            found = f'a "type" that is {_json_type(kind)}, not a string'
         return Problem(
             R.REJECT_REASON_INVALID_GEOMETRY_TYPE,
-            f"unknown geometry type {kind!r}; expected one of {', '.join(sorted(GEOMETRY_TYPES))}",
+            f"the geometry has {found}; expected one of {', '.join(sorted(GEOMETRY_TYPES))}",
             pointer + "/type",
         )
     if kind == "GeometryCollection":
