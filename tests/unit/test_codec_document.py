@@ -119,6 +119,10 @@ def test_single_feature_and_bare_geometry() -> None:
         (b'{"type":"Banana"}', "document_not_geojson"),
         (b'{"type":"FeatureCollection","features":[{"a":1} {"b":2}]}', "document_malformed"),
         (b'{"type":"FeatureCollection","features":[], "x": tru}', "document_not_json"),
+        (
+            b'{"type":"Feature","geometry":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "document_too_deep",
+        ),
     ],
 )
 def test_unusable_documents_are_one_clear_error(doc: bytes, code: str) -> None:

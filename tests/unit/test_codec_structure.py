@@ -200,6 +200,12 @@ CASES: list[tuple[str, bytes, str, str | None]] = [
         "/bbox",
     ),
     (
+        "coordinates nested 100,000 deep",
+        _feature(b'{"type":"Point","coordinates":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+        "invalid_coordinates",
+        None,
+    ),
+    (
         "malformed JSON inside a feature",
         b'{"type":"Feature","properties":{"a":[1,,2]},"geometry":null}',
         "malformed_json",

@@ -91,6 +91,10 @@ class DocumentConverter:
             raise DocumentError(
                 "document_not_json", f"the document is not valid JSON: {exc}"
             ) from None
+        except RecursionError:
+            raise DocumentError(
+                "document_too_deep", "the document nests arrays or objects too deeply"
+            ) from None
         raw_type = bytes(top.type)
         kind = msgspec.json.decode(raw_type) if raw_type else None
         if scanner.top.streamed_features:

@@ -69,6 +69,14 @@ def parse_feature(index: int, text: bytes) -> ParsedFeature | Problem:
         return Problem(R.REJECT_REASON_INVALID_FEATURE, "a feature must be a JSON object")
     except msgspec.DecodeError as exc:
         return _malformed(text, exc)
+    except RecursionError:
+        # msgspec stops at about a thousand levels; nothing in GeoJSON nests
+        # that deep, and GEOS's own parser would overflow its stack on it.
+        return Problem(
+            R.REJECT_REASON_INVALID_COORDINATES,
+            "the feature's JSON is nested too deeply (arrays or objects inside each other"
+            " about a thousand times)",
+        )
     kind = _string(_raw(member.type))
     if kind == "Feature":
         return _feature(index, member)
