@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,6 +21,8 @@ from geobus.errors import ConfigurationError
 
 T = TypeVar("T")
 
+_RETRY_DELAYS: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+_NO_NETWORKS: tuple[IPv4Network | IPv6Network, ...] = ()
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
@@ -69,6 +72,17 @@ def _port(value: str) -> int:
     return number
 
 
+def _delays(value: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        delays = ()
+    if not delays or any(not 0 < d <= 86400 for d in delays):
+        msg = f"expected comma-separated seconds (each > 0 and at most a day), got {value!r}"
+        raise ValueError(msg)
+    return delays
+
+
 def _crs(value: str) -> str:
     # Imported here: pyproj's database load is not free and settings are
     # also built by light commands.
@@ -93,9 +107,26 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def _setting(default: T, parse: Callable[[str], T], doc: str) -> Any:
-    """A dataclass field carrying its parser and documentation in metadata."""
-    return field(default=default, metadata={"parse": parse, "doc": doc})
+def _setting(default: T, parse: Callable[[str], T], doc: str, *, secret: bool = False) -> Any:
+    """A dataclass field carrying its parser and documentation in metadata.
+
+    A ``secret`` is left out of the object's repr, so that logging the
+    settings never prints it.
+    """
+    return field(default=default, repr=not secret, metadata={"parse": parse, "doc": doc})
+
+
+def _webhook_secret(value: str) -> str:
+    from geobus.signing import parse_secret
+
+    parse_secret(value)
+    return value
+
+
+def _networks(value: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    from geobus.outbound import parse_networks
+
+    return parse_networks(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +134,16 @@ class Settings:
     """Every setting of geobus; see the README's configuration table."""
 
     amqp_url: str = _setting(
-        "amqp://guest:guest@127.0.0.1:5672/", _amqp_url, "RabbitMQ URL (amqp:// or amqps://)"
+        "amqp://guest:guest@127.0.0.1:5672/",
+        _amqp_url,
+        "RabbitMQ URL (amqp:// or amqps://)",
+        secret=True,  # it may hold a password
     )
     database_url: str = _setting(
         "geobus.gpkg",
         _database_url,
         "Store: postgresql://… for PostGIS, or a GeoPackage file path (*.gpkg)",
+        secret=True,  # it may hold a password
     )
     prefix: str = _setting(
         "geobus", _prefix, "Prefix of every exchange and queue name (tenants and tests)"
@@ -116,6 +151,18 @@ class Settings:
     target_crs: str = _setting("EPSG:4326", _crs, "CRS the features are stored in")
     http_host: str = _setting("127.0.0.1", str, "Address the ingress listens on")
     http_port: int = _setting(8080, _port, "Port the ingress listens on")
+    callback_secret: str = _setting(
+        "",
+        _webhook_secret,
+        "Standard Webhooks secret (whsec_…) that signs outgoing job callbacks; unset: unsigned",
+        secret=True,
+    )
+    callback_allow: tuple[IPv4Network | IPv6Network, ...] = _setting(
+        _NO_NETWORKS,
+        _networks,
+        "Networks (comma-separated CIDRs) callbacks may reach although they are not public,"
+        " e.g. 10.20.0.0/16; by default only globally routable addresses are called",
+    )
     # A Path is immutable: sharing the default between instances is safe.
     spool_dir: Path = _setting(  # noqa: RUF009
         Path("spool"),
@@ -140,6 +187,24 @@ class Settings:
         "make_valid",
         _choice("make_valid", "reject"),
         "What the validator does with invalid geometry",
+    )
+    delivery_limit: int = _setting(
+        10,
+        _positive_int,
+        "Deliveries of one message a stage queue allows before dead-lettering it"
+        " (a consumer that crashes mid-message spends one); all processes must agree",
+    )
+    max_attempts: int = _setting(
+        6,
+        _positive_int,
+        "Attempts at a message failing transiently (database or broker away) before it is"
+        " dead-lettered",
+    )
+    retry_delays: tuple[float, ...] = _setting(
+        _RETRY_DELAYS,
+        _delays,
+        "Seconds before the 1st, 2nd, … retry of a transient failure, comma-separated (the"
+        " last repeats; jitter shortens each by up to a fifth); all processes must agree",
     )
 
     @classmethod
@@ -168,6 +233,15 @@ class Settings:
     def uses_postgis(self) -> bool:
         """True when the store is PostgreSQL/PostGIS rather than a GeoPackage file."""
         return self.database_url.startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and messages."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def env_name(field_name: str) -> str:

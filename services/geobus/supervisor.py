@@ -22,7 +22,7 @@ import aio_pika
 from geobus.broker import routing
 from geobus.broker.topology import declare_from_settings
 from geobus.broker.wire import decode
-from geobus.settings import Settings
+from geobus.settings import Settings, redact
 from geobus.v1 import job_pb2
 
 RESTART_WINDOW_S = 60.0
@@ -132,7 +132,7 @@ async def run(settings: Settings, replicas: int = 1) -> int:
     reporter = asyncio.create_task(_report_jobs(settings, stop))
     print(
         f"geobus up: ingress on http://{settings.http_host}:{settings.http_port}, "
-        f"{replicas} replica(s) per stage, store {settings.database_url}",
+        f"{replicas} replica(s) per stage, store {redact(settings.database_url)}",
         flush=True,
     )
     await stop.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
@@ -17,12 +18,14 @@ import httpx
 import pytest
 
 from bench import datasets
+from geobus.signing import Verifier, parse_headers, parse_secret
 from tests.integration.conftest import GEOBUS, Pipeline, free_port
 from tests.integration.test_pipeline import post, wait_final
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+SECRET = "whsec_" + base64.b64encode(b"geobus-test-callback-secret-0123").decode()
 
 
 @pytest.fixture
@@ -136,8 +139,18 @@ class _Receiver(BaseHTTPRequestHandler):
     received: ClassVar[list[dict[str, Any]]] = []
 
     def do_POST(self) -> None:
-        length = int(self.headers["Content-Length"])
-        _Receiver.received.append(json.loads(self.rfile.read(length)))
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        verifier = Verifier(
+            [parse_secret(SECRET)],
+            parse_headers(
+                self.headers["webhook-id"],
+                self.headers["webhook-timestamp"],
+                self.headers["webhook-signature"],
+            ),
+        )
+        verifier.update(body)
+        verifier.verify(now=time.time())  # raises on a bad signature: nothing is recorded
+        _Receiver.received.append(json.loads(body))
         self.send_response(204)
         self.end_headers()
 
@@ -147,11 +160,14 @@ class _Receiver(BaseHTTPRequestHandler):
 
 def test_rejects_and_callback(pipeline: Pipeline) -> None:
     """us-counties: the rejected feature is listed with reason and location; the callback
-    receives the final job document."""
+    receives the final job document, signed."""
     server = HTTPServer(("127.0.0.1", free_port()), _Receiver)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
+        # Loopback is refused to callbacks unless allow-listed (SSRF guard).
+        pipeline.env["GEOBUS_CALLBACK_ALLOW"] = "127.0.0.1/32"
+        pipeline.env["GEOBUS_CALLBACK_SECRET"] = SECRET
         pipeline.start_all()
         callback = f"http://127.0.0.1:{server.server_port}/hook"
         accepted = post(pipeline, datasets.path("us-counties"), callback_url=callback)

@@ -1,19 +1,28 @@
 """POST the job document to the client's ``callback_url`` when a job ends.
 
-Delivery is retried with exponential backoff; a callback that still fails is
-logged and given up — the job's outcome is in the ledger and on the bus
-(``job.completed``) either way. Signing and SSRF protection come with the
-security work (issue 5).
+The request is signed with Standard Webhooks headers (``webhook-id``,
+``webhook-timestamp``, ``webhook-signature``) when a callback secret is
+configured, so the client can tell geobus's callbacks from forgeries. It goes
+through :mod:`geobus.outbound`, which refuses internal addresses at connect
+time (SSRF) and never follows redirects. Delivery is retried with
+exponential backoff and full jitter; a callback that still fails is logged
+and given up — the outcome is in the ledger and on the bus either way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
+import time
+import uuid
 from typing import Any
 
-import httpx
+import httpcore
+
+from geobus import signing
+from geobus.outbound import IPNetwork, Resolver, guarded_pool, system_resolver
 
 log = logging.getLogger(__name__)
 
@@ -22,29 +31,84 @@ FIRST_DELAY_S = 1.0
 TIMEOUT_S = 10.0
 
 
-async def deliver(url: str, document: dict[str, Any], *, attempts: int = ATTEMPTS) -> bool:
-    """POST ``document`` to ``url`` until a 2xx answer; True when delivered."""
-    delay = FIRST_DELAY_S
-    async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False) as client:
-        for attempt in range(1, attempts + 1):
+class CallbackSender:
+    """Delivers job documents; one per writer process (it holds a connection pool)."""
+
+    def __init__(
+        self,
+        *,
+        key: bytes | None = None,
+        allow: tuple[IPNetwork, ...] = (),
+        resolver: Resolver = system_resolver,
+        attempts: int = ATTEMPTS,
+        first_delay_s: float = FIRST_DELAY_S,
+    ) -> None:
+        self._key = key
+        self._pool = guarded_pool(allow, resolver)
+        self._attempts = attempts
+        self._first_delay = first_delay_s
+
+    def headers(self, message_id: str, body: bytes, now: int) -> list[tuple[bytes, bytes]]:
+        """The request headers, signed when a key is configured."""
+        headers = [(b"content-type", b"application/json"), (b"user-agent", b"geobus")]
+        if self._key is not None:
+            signature = signing.sign(self._key, message_id, now, [body])
+            headers += [
+                (b"webhook-id", message_id.encode()),
+                (b"webhook-timestamp", str(now).encode()),
+                (b"webhook-signature", signature.encode()),
+            ]
+        return headers
+
+    async def deliver(self, url: str, document: dict[str, Any]) -> bool:
+        """POST ``document`` to ``url`` until a 2xx answer; True when delivered."""
+        body = json.dumps(document).encode()
+        # One id for every attempt: the receiver deduplicates retries on it.
+        message_id = f"msg_{uuid.uuid4().hex}"
+        delay = self._first_delay
+        for attempt in range(1, self._attempts + 1):
+            # Signed afresh per attempt: the timestamp must be recent.
+            headers = self.headers(message_id, body, int(time.time()))
             try:
-                response = await client.post(url, json=document)
-            except httpx.HTTPError as exc:
+                response = await self._pool.request(
+                    "POST",
+                    url,
+                    headers=headers,
+                    content=body,
+                    extensions={
+                        "timeout": {
+                            "connect": TIMEOUT_S,
+                            "read": TIMEOUT_S,
+                            "write": TIMEOUT_S,
+                            "pool": TIMEOUT_S,
+                        }
+                    },
+                )
+            except httpcore.ConnectError as exc:
+                outcome = str(exc)
+            except (
+                httpcore.TimeoutException,
+                httpcore.NetworkError,
+                httpcore.ProtocolError,
+            ) as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
             else:
-                if response.is_success:
+                # 3xx is not followed: a redirect could point anywhere.
+                if 200 <= response.status < 300:
                     return True
-                outcome = f"HTTP {response.status_code}"
+                outcome = f"HTTP {response.status}"
             log.warning(
-                "callback for job %s to %s failed (attempt %d/%d): %s",
+                "callback for job %s failed (attempt %d/%d): %s",
                 document.get("jobID"),
-                url,
                 attempt,
-                attempts,
+                self._attempts,
                 outcome,
             )
-            if attempt < attempts:
-                # Full jitter keeps many jobs' retries from arriving together.
-                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311
+            if attempt < self._attempts:
+                await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter only
                 delay *= 2
-    return False
+        return False
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._pool.aclose()

@@ -28,10 +28,11 @@ from geobus.errors import MessageError
 from geobus.ingress.documents import job_document
 from geobus.runtime import Handler, run_stage
 from geobus.settings import Settings
+from geobus.signing import parse_secret
 from geobus.store import open_store
 from geobus.store.base import FeatureStore, JobRecord
 from geobus.v1 import feature_pb2, job_pb2, rejection_pb2
-from geobus.writer import callbacks
+from geobus.writer.callbacks import CallbackSender
 
 STAGE = "writer"
 log = logging.getLogger(__name__)
@@ -45,10 +46,17 @@ _STATUS = {
 class Writer:
     """Dispatches the writer queue's messages to the store and completes jobs."""
 
-    def __init__(self, store: FeatureStore, publisher: Publisher, topology: Topology) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        publisher: Publisher,
+        topology: Topology,
+        callbacks: CallbackSender,
+    ) -> None:
         self.store = store
         self.publisher = publisher
         self.topology = topology
+        self.callbacks = callbacks
         self._callbacks: set[asyncio.Task[bool]] = set()
 
     async def handle(self, payload: Message, _message: AbstractIncomingMessage) -> None:
@@ -122,7 +130,7 @@ class Writer:
 
     def _send_callback(self, job: JobRecord) -> None:
         assert job.callback_url is not None
-        task = asyncio.create_task(callbacks.deliver(job.callback_url, job_document(job)))
+        task = asyncio.create_task(self.callbacks.deliver(job.callback_url, job_document(job)))
         # Keep a reference until done: the loop only holds weak ones.
         self._callbacks.add(task)
         task.add_done_callback(self._callbacks.discard)
@@ -137,10 +145,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Consume the writer queue until stopped."""
     store = open_store(settings)
     await asyncio.to_thread(store.ensure_schema)
+    sender = CallbackSender(
+        key=parse_secret(settings.callback_secret) if settings.callback_secret else None,
+        allow=settings.callback_allow,
+    )
     writers: list[Writer] = []
 
     def make_handler(publisher: Publisher, topology: Topology) -> Handler:
-        writer = Writer(store, publisher, topology)
+        writer = Writer(store, publisher, topology, sender)
         writers.append(writer)
         return writer.handle
 
@@ -149,4 +161,5 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         for writer in writers:
             await writer.drain_callbacks()
     finally:
+        await sender.close()
         store.close()
