@@ -210,3 +210,17 @@ def test_gzip_is_the_callers_business() -> None:
     stream = gzip.GzipFile(fileobj=io.BytesIO(gzip.compress(doc)))
     converter = DocumentConverter(stream, BatchContext(job_id="j"))  # type: ignore[arg-type]
     assert sum(len(o.batch.features) for o in converter if o.batch) == 3
+
+
+@pytest.mark.parametrize("chunk", [3, 7, 64, 1 << 20])
+def test_strings_with_braces_and_escapes_across_chunks(chunk: int) -> None:
+    """Braces and escaped quotes inside strings never end a feature, at any chunk size."""
+    from geobus.codec.scanner import Scanner
+
+    feature = (
+        b'{"type":"Feature","properties":{"s":"a } { \\\\\\" \\" }'
+        + b"x" * 5000
+        + b'"},"geometry":null}'
+    )
+    doc = b'{"type":"FeatureCollection","features":[' + b",".join([feature] * 20) + b"]}"
+    assert [i.text for i in Scanner(io.BytesIO(doc), chunk=chunk)] == [feature] * 20

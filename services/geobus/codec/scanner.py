@@ -33,6 +33,10 @@ CHUNK_BYTES = 1 << 20
 # whole (so braces inside them are ignored) and everything else — numbers,
 # brackets, commas, colons, literals, whitespace — is skipped as one run.
 _TOKEN = re.compile(rb'[^"{}]+|"[^"\\]*(?:\\.[^"\\]*)*"|[{}]', re.DOTALL)
+# Everything that is not a brace, strings matched whole (braces inside them
+# do not count); stops before a brace or before a string not closed yet.
+_SKIP = re.compile(rb'(?:[^"{}]+|"[^"\\]*(?:\\.[^"\\]*)*")*', re.DOTALL)
+_OPEN, _CLOSE = ord("{"), ord("}")
 _WS = re.compile(rb"[ \t\r\n]*")
 _FEATURES_OPEN = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*\[")
 _COLON = re.compile(rb"[ \t\r\n]*:")
@@ -211,17 +215,28 @@ class Scanner:
             depth = 0
             cur = pos
             while True:
-                if cur >= len(buf.data) and not buf.more():
-                    raise buf.truncated(cur, "inside a feature")
-                m = self._token(cur, "inside a feature")
-                token = m.group()
-                cur = m.end()
-                if token == b"{":
+                # One C-level match skips everything up to the next brace,
+                # strings included: a feature costs a few Python steps, not
+                # one per property.
+                m = _SKIP.match(buf.data, cur)
+                cur = m.end() if m else cur
+                if cur >= len(buf.data):
+                    if not buf.more():
+                        raise buf.truncated(cur, "inside a feature")
+                    continue
+                ch = buf.data[cur]
+                if ch == _OPEN:
                     depth += 1
-                elif token == b"}":
+                elif ch == _CLOSE:
                     depth -= 1
                     if depth == 0:
-                        return cur
+                        return cur + 1
+                elif not buf.more():
+                    # A '"' whose string does not end before the window does.
+                    raise buf.truncated(cur, "inside a string")
+                else:
+                    continue
+                cur += 1
         # Not an object (a number, string, array...): rare and wrong, so a
         # slow path is fine.
         while True:
