@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from geobus import dlq_commands
 from geobus.errors import ConfigurationError, DocumentError
 from geobus.settings import Settings
 
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=20)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(run=_jobs_ls)
+    dlq_commands.register(commands)
     return parser
 
 

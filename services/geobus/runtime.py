@@ -5,6 +5,11 @@ this module gives it: a consumer on its own connection, a confirming
 publisher on another (RabbitMQ blocks publishing connections under a memory
 or disk alarm; a shared one would stop consuming too), and a clean stop on
 SIGINT/SIGTERM that finishes in-flight batches before closing.
+
+A transform stage's CPU work runs in worker processes
+(:class:`~geobus.stagerunner.StageRunner`), where a crash or a hang is
+contained and the guilty features are isolated; the pool is started before
+consuming and stopped after the consumer has drained.
 """
 
 from __future__ import annotations
@@ -19,18 +24,19 @@ from aio_pika.abc import AbstractIncomingMessage
 from google.protobuf.message import Message
 
 from geobus.broker import routing
-from geobus.broker.consumer import run_consumer
+from geobus.broker.consumer import Redelivery, run_consumer
 from geobus.broker.publisher import Publisher
 from geobus.broker.topology import Topology, declare_from_settings
 from geobus.broker.wire import message_id
 from geobus.errors import MessageError
 from geobus.settings import Settings
 from geobus.stage import StageResult
+from geobus.stagerunner import StageRunner, TransformFactory
 from geobus.v1 import feature_pb2
 
 log = logging.getLogger(__name__)
 
-Transform = Callable[[feature_pb2.FeatureBatch], StageResult]
+Runner = Callable[[feature_pb2.FeatureBatch], Awaitable[StageResult]]
 Handler = Callable[[Message, AbstractIncomingMessage], Awaitable[None]]
 
 # Batches in flight per stage process: enough to keep both cores busy while
@@ -87,7 +93,7 @@ async def publish_result(
 
 
 def transform_handler(
-    transform: Transform,
+    runner: Runner,
     publisher: Publisher,
     topology: Topology,
     *,
@@ -100,12 +106,41 @@ def transform_handler(
         if not isinstance(payload, feature_pb2.FeatureBatch):
             msg = f"the {stage} takes geobus.v1.FeatureBatch, not {payload.DESCRIPTOR.full_name}"
             raise MessageError(msg)
-        # Shapely and PROJ release the GIL, so a thread keeps the loop free
-        # and lets batches run on both cores.
-        result = await asyncio.to_thread(transform, payload)
+        result = await runner(payload)
         await publish_result(publisher, topology, result, stage=stage, output_key=output_key)
 
     return handle
+
+
+async def run_transform_stage(
+    settings: Settings,
+    stage: str,
+    factory: TransformFactory,
+    *,
+    output_key: str,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run a transform stage: worker processes for ``factory``'s transform, then consume."""
+    stop = stop or stop_on_signals()
+    runner = StageRunner(
+        factory,
+        stage=stage,
+        workers=settings.stage_workers,
+        time_limit=settings.batch_timeout_s,
+        stopping=stop.is_set,
+    )
+    await runner.start()
+    try:
+
+        def make_handler(publisher: Publisher, topology: Topology) -> Handler:
+            return transform_handler(
+                runner, publisher, topology, stage=stage, output_key=output_key
+            )
+
+        await run_stage(settings, stage, make_handler, stop)
+    finally:
+        # After the consumer drained: no batch is in a worker any more.
+        await runner.close()
 
 
 async def run_stage(
@@ -127,6 +162,7 @@ async def run_stage(
             prefetch=PREFETCH,
             stop=stop,
             stage=stage,
+            redelivery=Redelivery(publisher, topology, max_attempts=settings.max_attempts),
         )
     finally:
         with contextlib.suppress(Exception):

@@ -83,6 +83,31 @@ def _delays(value: str) -> tuple[float, ...]:
     return delays
 
 
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 <= seconds <= 86400:
+        msg = f"expected seconds from 0 to 86400, got {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def _time_limit(value: str) -> float:
+    seconds = float(value)
+    # RabbitMQ closes the channel of a consumer holding a message 30 min.
+    if not 0 < seconds <= 1200:
+        msg = f"expected seconds above 0 and at most 1200 (20 min), got {value!r}"
+        raise ValueError(msg)
+    return seconds
+
+
+def _workers(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 256:
+        msg = f"expected 0 to 256 worker processes, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
 def _crs(value: str) -> str:
     # Imported here: pyproj's database load is not free and settings are
     # also built by light commands.
@@ -95,6 +120,25 @@ def _crs(value: str) -> str:
         msg = f"PROJ does not know the CRS {value!r}: {exc}"
         raise ValueError(msg) from exc
     return value
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    msg = f"expected true or false, got {value!r}"
+    raise ValueError(msg)
+
+
+def _digits(value: str) -> int:
+    """Decimal digits after the point (0-15: a double holds about 15-17 significant digits)."""
+    number = int(value)
+    if not 0 <= number <= 15:
+        msg = f"expected decimal digits 0-15, got {value!r}"
+        raise ValueError(msg)
+    return number
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -194,6 +238,18 @@ class Settings:
         "Deliveries of one message a stage queue allows before dead-lettering it"
         " (a consumer that crashes mid-message spends one); all processes must agree",
     )
+    stage_workers: int = _setting(
+        2,
+        _workers,
+        "Worker processes per validator/reprojector process, where a crash or hang of GEOS/PROJ"
+        " is contained; 0 runs the work in threads of the stage process (no containment)",
+    )
+    batch_timeout_s: float = _setting(
+        120.0,
+        _time_limit,
+        "Seconds a worker process may spend on one batch before it is killed and the batch"
+        " bisected to find the feature that hangs",
+    )
     max_attempts: int = _setting(
         6,
         _positive_int,
@@ -205,6 +261,69 @@ class Settings:
         _delays,
         "Seconds before the 1st, 2nd, … retry of a transient failure, comma-separated (the"
         " last repeats; jitter shortens each by up to a fifth); all processes must agree",
+    )
+    antimeridian: str = _setting(
+        "cut",
+        _choice("cut", "reject", "off"),
+        "What the validator does with a WGS 84 ring or line crossing the antimeridian: cut it"
+        " along ±180° (RFC 7946 §3.1.9), reject it, or leave it as it is",
+    )
+    clip: str = _setting(
+        "cut",
+        _choice("cut", "reject"),
+        "What the reprojector does with geometry beyond the target CRS's area of use (EPSG:3857"
+        " beyond ±85.06°): cut the outside part away (counted), or reject the feature",
+    )
+    explode_collections: bool = _setting(
+        False,
+        _boolean,
+        "Turn a GeometryCollection whose members are all of one kind into the matching Multi*"
+        " geometry (mixed collections stay collections)",
+    )
+    precision: int | None = _setting(
+        None,
+        _digits,
+        "Decimal digits coordinates are snapped to (Shapely set_precision, topology kept valid);"
+        " unset keeps every coordinate exact",
+    )
+    max_queue_depth: int = _setting(
+        1000,
+        _positive_int,
+        "Messages a stage queue may hold (ready, checked every second) before the ingress"
+        " answers new documents with 503",
+    )
+    max_jobs_per_client: int = _setting(
+        8,
+        _positive_int,
+        "Jobs one client may have accepted and not yet converted before the ingress answers 429",
+    )
+    client_header: str = _setting(
+        "",
+        str,
+        "Request header naming the client for GEOBUS_MAX_JOBS_PER_CLIENT (its last"
+        " comma-separated value, e.g. X-Forwarded-For set by a trusted proxy); unset: the"
+        " remote address",
+    )
+    spool_max_bytes: int = _setting(
+        8 * 1024**3,
+        _positive_int,
+        "Bytes the spool may hold (documents accepted and not yet converted, plus uploads in"
+        " progress); a document that would cross it is answered with 503",
+    )
+    retry_after: int = _setting(
+        5, _positive_int, "Seconds the ingress's 503 and 429 answers ask clients to wait"
+    )
+    shutdown_drain: float = _setting(
+        0.0,
+        _seconds,
+        "Seconds the ingress keeps answering (new documents with 503, /readyz with 503) after"
+        " SIGTERM before it stops listening, so that a load balancer can take it out",
+    )
+    shutdown_timeout: float = _setting(
+        30.0,
+        _seconds,
+        "Seconds the ingress waits at shutdown for conversions in flight; those still running"
+        " then are stopped and resumed from the spool at the next start",
     )
 
     @classmethod

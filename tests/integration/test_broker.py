@@ -143,7 +143,11 @@ async def test_declare_is_idempotent_and_sets_the_queue_arguments(
         "x-delivery-limit": 3,
     }
     dlq = await asyncio.to_thread(_queue_arguments, f"{prefix}.dlq.writer")
-    assert dlq == {"x-queue-type-listed": "quorum", "x-queue-type": "quorum"}
+    assert dlq == {
+        "x-queue-type-listed": "quorum",
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 2**31 - 1,
+    }
 
 
 async def test_declare_with_other_arguments_fails_clearly(

@@ -243,3 +243,35 @@ def test_clean_shutdown(pipeline: Pipeline) -> None:
     assert set(codes.values()) == {0}, codes
     for name in pipeline.processes:
         assert "Traceback" not in pipeline.log(name), pipeline.log(name)
+
+
+@pytest.mark.slow
+def test_sigterm_mid_job_and_restart_lose_and_duplicate_nothing(pipeline: Pipeline) -> None:
+    """SIGTERM the validator mid-job (exit 0, no traceback), restart it: all 250 accounted once."""
+    import sqlite3
+
+    pipeline.env["GEOBUS_BATCH_MAX_FEATURES"] = "10"
+    pipeline.start_all()
+    job_id = post(pipeline, datasets.path("countries-maritime-10m"))["jobID"]
+    deadline = time.monotonic() + 120
+    while True:
+        document = httpx.get(f"{pipeline.base_url}/v1/jobs/{job_id}", timeout=10).json()
+        if document["counts"]["stored"] > 0:
+            break
+        assert time.monotonic() < deadline, document
+        time.sleep(0.1)
+    assert document["status"] == "running", "the job must still be in flight"
+    assert pipeline.stop("validator-1") == {"validator-1": 0}, pipeline.log("validator-1")
+    assert "Traceback" not in pipeline.log("validator-1"), pipeline.log("validator-1")
+    print("stopped the validator at", document["counts"])
+    pipeline.start("validator-2", "worker", "validator")
+    job = wait_final(pipeline, job_id, timeout=300)
+    counts = job["counts"]
+    print("final counts", counts)
+    assert job["status"] == "successful", job
+    assert counts["stored"] + counts["rejected"] == 250
+    with sqlite3.connect(pipeline.env["GEOBUS_DATABASE_URL"]) as conn:
+        rows, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT feature_index) FROM features"
+        ).fetchone()
+    assert rows == distinct == counts["stored"]

@@ -395,3 +395,57 @@ def test_geopackage_opens_cleanly_in_gdal(store: FeatureStore) -> None:
         store.path, layer="things", bbox=(0.5, 0.5, 2.5, 2.5)
     )
     assert sorted(shapely.get_x(shapely.from_wkb(geometry)).tolist()) == [1.0, 2.0]
+
+
+def _adjust(feature: feature_pb2.Feature, *kinds: int) -> None:
+    for kind in kinds:
+        feature.adjustments.add(kind=kind, stage="validator")
+
+
+def test_adjustments_are_counted_per_kind_once(
+    backend: tuple[str, Any], store: FeatureStore
+) -> None:
+    """The job counts stored features per adjustment kind, once, also on the resumed-job path."""
+    job_id = _new_job(store)
+    k = feature_pb2
+    (batch,) = _batches(_convert(_doc(*POINTS[:3]), job_id))
+    _adjust(batch.features[0], k.ADJUSTMENT_KIND_ANTIMERIDIAN_CUT, k.ADJUSTMENT_KIND_REPAIRED)
+    _adjust(batch.features[1], k.ADJUSTMENT_KIND_CLIPPED)
+    store.write_batch(batch)
+    store.write_batch(batch)
+    (again,) = _batches(_convert(_doc(*POINTS), job_id))
+    again.sequence = 7
+    for feature in again.features:
+        _adjust(feature, k.ADJUSTMENT_KIND_ANTIMERIDIAN_CUT)
+    again.features[4].geometry = b""  # an empty geometry stored as null
+    _adjust(again.features[4], k.ADJUSTMENT_KIND_EMPTY_AS_NULL)
+    store.write_batch(again)
+    job = store.get_job(job_id)
+    assert job is not None
+    assert job.counts.adjusted == {
+        "antimeridian_cut": 3,
+        "clipped": 1,
+        "empty_as_null": 1,
+        "repaired": 1,
+    }
+    assert (job.counts.stored, job.counts.repaired) == (5, 1)
+    rows = _rows(backend[0], store, "things")
+    assert rows[4]["geometry"] is None
+    (listed,) = [j for j in store.list_jobs(limit=50, offset=0) if j.job_id == job_id]
+    assert listed.counts.adjusted == job.counts.adjusted
+
+
+def test_seal_records_the_document_warnings(store: FeatureStore) -> None:
+    """Warnings sealed with a job (a legacy crs member) come back with it, once."""
+    job_id = _new_job(store)
+    warning = 'the document has a "crs" member — honoured as EPSG:3857'
+    store.seal_job(job_id, features_total=0, batches_total=0, at=T0, warnings=[warning])
+    store.seal_job(job_id, features_total=0, batches_total=0, at=T0, warnings=[warning])
+    job = store.get_job(job_id)
+    assert job is not None
+    assert job.warnings == [warning]
+    plain = _new_job(store)
+    store.seal_job(plain, features_total=0, batches_total=0, at=T0)
+    again = store.get_job(plain)
+    assert again is not None
+    assert again.warnings == []

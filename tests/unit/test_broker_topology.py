@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from geobus.broker import routing
-from geobus.broker.topology import BindingSpec, describe, topology
+from geobus.broker.topology import STAGES, BindingSpec, describe, from_settings, topology
+from geobus.settings import Settings
 
 
 def test_names_follow_the_prefix() -> None:
@@ -20,6 +21,7 @@ def test_names_follow_the_prefix() -> None:
         "acme.dlq.validator",
         "acme.dlq.reprojector",
         "acme.dlq.writer",
+        *(f"acme.retry.{stage}.{n}" for stage in STAGES for n in range(1, 6)),
     ]
     assert spec.exchange_for(routing.JOB_SEALED) == "acme.jobs"
     assert spec.exchange_for(routing.FEATURE_STORED) == "acme.features"
@@ -36,7 +38,10 @@ def test_stage_queues_dead_letter_to_their_own_dlq() -> None:
         "x-overflow": "reject-publish",
         "x-delivery-limit": 4,
     }
-    assert spec.queue("acme.dlq.reprojector").argument_table == {"x-queue-type": "quorum"}
+    assert spec.queue("acme.dlq.reprojector").argument_table == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 2**31 - 1,
+    }
     assert BindingSpec("acme.dlq.reprojector", "acme.dlx", "dlq.reprojector") in spec.bindings
 
 
@@ -71,3 +76,36 @@ def test_bad_arguments_are_refused() -> None:
         topology("p", delivery_limit=0)
     with pytest.raises(ValueError, match="unknown stage"):
         topology("p").stage_queue("ingress")
+
+
+def test_retry_queues_expire_back_into_their_stage() -> None:
+    """retry.<stage>.<n>: quorum, TTL = n-th delay, at-least-once DLX to the stage queue."""
+    spec = topology("acme", retry_delays=(0.5, 2.0))
+    assert spec.queue("acme.retry.writer.2").argument_table == {
+        "x-queue-type": "quorum",
+        "x-message-ttl": 2000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "acme.writer",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+    assert spec.retry_queue("writer", 1) == "acme.retry.writer.1"
+    # Past the last level the last one repeats.
+    assert spec.retry_queue("writer", 9) == "acme.retry.writer.2"
+    assert (spec.retry_delay(1), spec.retry_delay(2), spec.retry_delay(7)) == (0.5, 2.0, 2.0)
+    assert not any(".retry." in b.queue for b in spec.bindings)
+    with pytest.raises(ValueError, match="retry_delays"):
+        topology("p", retry_delays=())
+    with pytest.raises(ValueError, match="start at 1"):
+        spec.retry_queue("writer", 0)
+
+
+def test_topology_from_settings_follows_the_settings() -> None:
+    """GEOBUS_DELIVERY_LIMIT and GEOBUS_RETRY_DELAYS shape the declared queues."""
+    settings = Settings.from_env(
+        {"GEOBUS_PREFIX": "x", "GEOBUS_DELIVERY_LIMIT": "4", "GEOBUS_RETRY_DELAYS": "1,2.5"}
+    )
+    spec = from_settings(settings)
+    assert spec.queue("x.validator").argument_table["x-delivery-limit"] == 4
+    assert spec.queue("x.retry.validator.2").argument_table["x-message-ttl"] == 2500
+    assert "x.retry.validator.3" not in {q.name for q in spec.queues}

@@ -224,3 +224,16 @@ def test_strings_with_braces_and_escapes_across_chunks(chunk: int) -> None:
     )
     doc = b'{"type":"FeatureCollection","features":[' + b",".join([feature] * 20) + b"]}"
     assert [i.text for i in Scanner(io.BytesIO(doc), chunk=chunk)] == [feature] * 20
+
+
+@pytest.mark.parametrize("chunk", [5, 1 << 20])
+def test_properties_nested_deeper_than_the_one_match_path(chunk: int) -> None:
+    """Features nested deeper than the scanner's one-match pattern are sliced all the same."""
+    from geobus.codec.scanner import Scanner
+
+    deep = b'{"a":' * 9 + b'"} {"' + b"}" * 9
+    shallow = b'{"type":"Feature","properties":{"k":"}"},"geometry":null}'
+    nested = b'{"type":"Feature","properties":' + deep + b',"geometry":null}'
+    features = [shallow, nested, shallow, nested]
+    doc = b'{"type":"FeatureCollection","features":[' + b",\n".join(features) + b"]}"
+    assert [i.text for i in Scanner(io.BytesIO(doc), chunk=chunk)] == features

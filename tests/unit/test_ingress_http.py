@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from geobus.ingress import spool
+from geobus.ingress.admission import BrokerPressure, Drain
 from geobus.ingress.app import create_app
 from geobus.ingress.ports import JobRecord, JobStore, Publisher, RejectionRecord
 from geobus.ingress.runner import ConversionRunner
@@ -90,10 +91,14 @@ class FakePublisher:
 @dataclass
 class FakeRunner:
     submitted: list[SpoolMeta] = field(default_factory=list)
+    finished: set[str] = field(default_factory=set)
     closed: bool = False
 
     def submit(self, meta: SpoolMeta) -> None:
         self.submitted.append(meta)
+
+    def pending(self) -> list[SpoolMeta]:
+        return [m for m in self.submitted if m.job_id not in self.finished]
 
     async def aclose(self) -> None:
         self.closed = True
@@ -106,20 +111,34 @@ class Harness:
     publisher: FakePublisher
     runner: FakeRunner
     spool_dir: Path
+    pressure: BrokerPressure
+    drain: Drain
+
+
+def make_harness(settings: Settings) -> Iterator[Harness]:
+    """An app over fakes; the broker pressure and the drain flag are the test's to set."""
+    store, publisher, runner = FakeStore(), FakePublisher(), FakeRunner()
+    pressure, drain = BrokerPressure(), Drain()
+
+    def runner_factory(s: Settings, st: JobStore, p: Publisher) -> ConversionRunner:
+        return runner
+
+    app = create_app(
+        settings,
+        store=store,
+        publisher=publisher,
+        runner_factory=runner_factory,
+        pressure=pressure,
+        drain=drain,
+    )
+    with TestClient(app) as client:
+        yield Harness(client, store, publisher, runner, settings.spool_dir, pressure, drain)
 
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     """An app over fakes whose spool is tmp_path/spool."""
-    settings = replace(Settings(), spool_dir=tmp_path / "spool")
-    store, publisher, runner = FakeStore(), FakePublisher(), FakeRunner()
-
-    def runner_factory(s: Settings, st: JobStore, p: Publisher) -> ConversionRunner:
-        return runner
-
-    app = create_app(settings, store=store, publisher=publisher, runner_factory=runner_factory)
-    with TestClient(app) as client:
-        yield Harness(client, store, publisher, runner, settings.spool_dir)
+    yield from make_harness(replace(Settings(), spool_dir=tmp_path / "spool"))
 
 
 def _is_problem(response: Any, status: int) -> dict[str, Any]:
@@ -147,7 +166,14 @@ def test_post_answers_202_with_location_and_job_document(harness: Harness) -> No
     assert body["processID"] == "ingest"
     assert body["progress"] == 0
     assert body["collection"] == "roads"
-    assert body["counts"] == {"received": 0, "valid": 0, "repaired": 0, "rejected": 0, "stored": 0}
+    assert body["counts"] == {
+        "received": 0,
+        "valid": 0,
+        "repaired": 0,
+        "rejected": 0,
+        "stored": 0,
+        "adjusted": {},
+    }
     assert body["created"].endswith("Z")
     assert {link["rel"] for link in body["links"]} == {"self", "rejects"}
     assert harness.store.jobs[job_id].document_bytes == len(DOCUMENT)

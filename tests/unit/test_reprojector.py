@@ -87,29 +87,32 @@ def test_transformers_are_cached_per_source_crs() -> None:
     assert reprojector.transformer("EPSG:4326") is not first
 
 
-def test_web_mercator_near_the_pole_is_finite() -> None:
-    """PROJ does not enforce Web Mercator's ±85.06° area: latitude 89.9 gives a huge finite y."""
-    result = Reprojector(MERCATOR)(geo.batch_of([shapely.Point(0, 89.9), shapely.Point(0, 90)]))
-    assert result.rejections is None
-    near, pole = geo.decoded(result.batch)
-    assert near.y == pytest.approx(44_927_335.427, abs=1e-3)
-    assert np.isfinite(pole.y)
-    assert pole.y > 2e8
+def test_web_mercator_beyond_its_area_of_use_is_rejected() -> None:
+    """PROJ gives latitude 89.9 a huge finite y; geobus rejects points beyond ±85.06° instead."""
+    points = [shapely.Point(0, 89.9), shapely.Point(0, 90), shapely.Point(0, 85.06)]
+    result = Reprojector(MERCATOR)(geo.batch_of(points))
+    assert [f.index for f in result.batch.features] == [2]
+    rejections = geo.by_index(result.rejections)
+    assert {r.reason for r in rejections.values()} == {rejection_pb2.REJECT_REASON_OUTSIDE_DOMAIN}
+    assert "85.06" in rejections[0].message
+    (edge,) = geo.decoded(result.batch)
+    assert edge.y == pytest.approx(20_037_508, rel=1e-3)
 
 
-def test_points_outside_the_projection_domain_are_rejected() -> None:
+def test_points_proj_cannot_transform_are_rejected() -> None:
     """A feature with a coordinate PROJ cannot transform is rejected, naming that coordinate."""
-    antipode = shapely.LineString([(10, 52), (0, 0), (-170, -52), (-171, -52)])
-    antipode_z = shapely.Point(-170, -52, 7)
-    batch = geo.batch_of([geo.point, antipode, geo.point_z, antipode_z])
-    result = Reprojector("EPSG:3035")(batch)
+    inside = shapely.Point(4321000, 3210000)
+    beyond = shapely.LineString([(4321000, 3210000), (1e8, 1e8), (1e8, 2e8)])
+    beyond_z = shapely.Point(1e8, 1e8, 7)
+    batch = geo.batch_of([inside, beyond, geo.point_z, beyond_z], crs="EPSG:3035")
+    result = Reprojector("EPSG:4326")(batch)
     assert [f.index for f in result.batch.features] == [0, 2]
     rejections = geo.by_index(result.rejections)
     assert rejections[1].reason == rejection_pb2.REJECT_REASON_PROJECTION_FAILED
     assert rejections[1].stage == "reprojector"
     assert rejections[1].feature_id.string_id == "f1"
-    assert list(rejections[1].location.coordinate) == [-170.0, -52.0]
-    assert list(rejections[3].location.coordinate) == [-170.0, -52.0, 7.0]
+    assert list(rejections[1].location.coordinate) == [1e8, 1e8]
+    assert list(rejections[3].location.coordinate) == [1e8, 1e8, 7.0]
     assert np.isfinite(shapely.get_coordinates(geo.decoded(result.batch))).all()
 
 

@@ -40,7 +40,6 @@ def test_valid_ccw_features_keep_their_bytes() -> None:
         geo.line_string,
         geo.polygon,
         geo.polygon_with_hole,
-        geo.duplicate_points,
     ]
     batch = geo.batch_of(keep)
     result = validate(batch, REPAIR)
@@ -95,13 +94,15 @@ def test_rings_are_reoriented_to_the_right_hand_rule(geometry: shapely.Geometry)
     assert len(result.batch.features[0].adjustments) == 0
 
 
-def test_null_and_empty_geometries_pass_untouched() -> None:
-    """A null geometry (no bytes) and empty geometries pass with their bytes."""
+def test_null_geometries_pass_and_empty_ones_become_null() -> None:
+    """A null geometry passes untouched; an empty one is stored as null, with an adjustment."""
     batch = geo.batch_of([None, *geo.EMPTY])
     result = validate(batch, REPAIR)
     assert result.rejections is None
-    assert [f.geometry for f in result.batch.features] == [f.geometry for f in batch.features]
-    assert result.batch.features[0].geometry == b""
+    assert [f.geometry for f in result.batch.features] == [b""] * (1 + len(geo.EMPTY))
+    assert len(result.batch.features[0].adjustments) == 0
+    kinds = [[a.kind for a in f.adjustments] for f in result.batch.features[1:]]
+    assert kinds == [[feature_pb2.ADJUSTMENT_KIND_EMPTY_AS_NULL]] * len(geo.EMPTY)
 
 
 @pytest.mark.parametrize(
@@ -180,14 +181,17 @@ def test_repair_off_rejects_every_invalid_geometry() -> None:
 
 def test_out_of_range_names_the_first_offending_coordinate() -> None:
     """Longitude beyond ±180 or latitude beyond ±90 rejects with that coordinate (Z too)."""
-    batch = geo.batch_of([geo.beyond_antimeridian, geo.point, geo.beyond_pole_z])
+    west = shapely.from_wkt("LINESTRING (-170 0, -179 1, -181 2, -185 3)")
+    pole = shapely.from_wkt("POINT Z (100 95 3)")
+    batch = geo.batch_of([west, geo.point, pole])
     result = validate(batch, REPAIR)
     assert [f.index for f in result.batch.features] == [1]
     rejections = geo.by_index(result.rejections)
     assert rejections[0].reason == R.REJECT_REASON_OUT_OF_RANGE
-    assert list(rejections[0].location.coordinate) == [181.0, 2.0]
-    assert "181.0" in rejections[0].message
-    assert list(rejections[2].location.coordinate) == [10.0, 95.0, 3.0]
+    assert list(rejections[0].location.coordinate) == [-181.0, 2.0]
+    assert "-181.0" in rejections[0].message
+    assert rejections[2].reason == R.REJECT_REASON_OUT_OF_RANGE
+    assert list(rejections[2].location.coordinate) == [100.0, 95.0, 3.0]
 
 
 @pytest.mark.parametrize(

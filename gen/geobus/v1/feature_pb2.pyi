@@ -59,6 +59,32 @@ class _AdjustmentKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Adjust
     """The geometry was invalid (OGC simple-features rules) and was repaired
     with GEOS MakeValid.
     """
+    ADJUSTMENT_KIND_ANTIMERIDIAN_CUT: _AdjustmentKind.ValueType  # 2
+    """A ring or line crossed the antimeridian (a longitude jump of more than
+    180 degrees between consecutive positions) and was cut along it into a
+    Multi* geometry per RFC 7946 section 3.1.9; a ring around a pole was
+    closed through the pole. Feature.bbox is rewritten per section 5.2 (west
+    greater than east when the feature crosses).
+    """
+    ADJUSTMENT_KIND_CLIPPED: _AdjustmentKind.ValueType  # 3
+    """Part of the geometry lay outside the target CRS's area of use (e.g.
+    beyond latitude 85.06 for EPSG:3857) and was clipped away before the
+    transformation; the message says how much.
+    """
+    ADJUSTMENT_KIND_LONGITUDE_NORMALISED: _AdjustmentKind.ValueType  # 4
+    """Longitudes in (180, 540] were brought into [-180, 180] by subtracting
+    360 degrees.
+    """
+    ADJUSTMENT_KIND_DUPLICATE_VERTICES_REMOVED: _AdjustmentKind.ValueType  # 5
+    """Consecutive identical positions were removed (the shape is unchanged)."""
+    ADJUSTMENT_KIND_EMPTY_AS_NULL: _AdjustmentKind.ValueType  # 6
+    """The geometry was empty ("coordinates": []) and is stored as a feature
+    without geometry, like a null geometry (RFC 7946 section 3.2).
+    """
+    ADJUSTMENT_KIND_COLLECTION_EXPLODED: _AdjustmentKind.ValueType  # 7
+    """A GeometryCollection whose members are all of one kind became the
+    matching Multi* geometry (deployment setting GEOBUS_EXPLODE_COLLECTIONS).
+    """
 
 class AdjustmentKind(_AdjustmentKind, metaclass=_AdjustmentKindEnumTypeWrapper):
     """Kinds of deliberate changes to a feature."""
@@ -68,6 +94,32 @@ ADJUSTMENT_KIND_UNSPECIFIED: AdjustmentKind.ValueType  # 0
 ADJUSTMENT_KIND_REPAIRED: AdjustmentKind.ValueType  # 1
 """The geometry was invalid (OGC simple-features rules) and was repaired
 with GEOS MakeValid.
+"""
+ADJUSTMENT_KIND_ANTIMERIDIAN_CUT: AdjustmentKind.ValueType  # 2
+"""A ring or line crossed the antimeridian (a longitude jump of more than
+180 degrees between consecutive positions) and was cut along it into a
+Multi* geometry per RFC 7946 section 3.1.9; a ring around a pole was
+closed through the pole. Feature.bbox is rewritten per section 5.2 (west
+greater than east when the feature crosses).
+"""
+ADJUSTMENT_KIND_CLIPPED: AdjustmentKind.ValueType  # 3
+"""Part of the geometry lay outside the target CRS's area of use (e.g.
+beyond latitude 85.06 for EPSG:3857) and was clipped away before the
+transformation; the message says how much.
+"""
+ADJUSTMENT_KIND_LONGITUDE_NORMALISED: AdjustmentKind.ValueType  # 4
+"""Longitudes in (180, 540] were brought into [-180, 180] by subtracting
+360 degrees.
+"""
+ADJUSTMENT_KIND_DUPLICATE_VERTICES_REMOVED: AdjustmentKind.ValueType  # 5
+"""Consecutive identical positions were removed (the shape is unchanged)."""
+ADJUSTMENT_KIND_EMPTY_AS_NULL: AdjustmentKind.ValueType  # 6
+"""The geometry was empty ("coordinates": []) and is stored as a feature
+without geometry, like a null geometry (RFC 7946 section 3.2).
+"""
+ADJUSTMENT_KIND_COLLECTION_EXPLODED: AdjustmentKind.ValueType  # 7
+"""A GeometryCollection whose members are all of one kind became the
+matching Multi* geometry (deployment setting GEOBUS_EXPLODE_COLLECTIONS).
 """
 Global___AdjustmentKind: _TypeAlias = AdjustmentKind  # noqa: Y015
 

@@ -26,23 +26,27 @@ from geobus.v1 import feature_pb2 as geobus_dot_v1_dot_feature__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13geobus/v1/job.proto\x12\tgeobus.v1\x1a\x17geobus/v1/feature.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"`\n\tJobCounts\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\r\n\x05valid\x18\x02 \x01(\x04\x12\x10\n\x08repaired\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12\x0e\n\x06stored\x18\x05 \x01(\x04\"\xc7\x01\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12!\n\x06source\x18\x03 \x01(\x0b\x32\x11.geobus.v1.Source\x12\x12\n\nsource_crs\x18\x04 \x01(\t\x12\x16\n\x0e\x64ocument_bytes\x18\x05 \x01(\x04\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63\x61llback_url\x18\x07 \x01(\t\"\x91\x01\n\tJobSealed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x65\x61tures_total\x18\x02 \x01(\x04\x12\x15\n\rbatches_total\x18\x03 \x01(\x04\x12\x16\n\x0erejected_total\x18\x04 \x01(\x04\x12-\n\tsealed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9c\x01\n\x0cJobCompleted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.geobus.v1.JobStatus\x12$\n\x06\x63ounts\x18\x03 \x01(\x0b\x32\x14.geobus.v1.JobCounts\x12\x30\n\x0c\x63ompleted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\tJobFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12$\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x14.geobus.v1.JobCounts\x12-\n\tfailed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa4\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATUS_ACCEPTED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x19\n\x15JOB_STATUS_SUCCESSFUL\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_DISMISSED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13geobus/v1/job.proto\x12\tgeobus.v1\x1a\x17geobus/v1/feature.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc7\x01\n\tJobCounts\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\r\n\x05valid\x18\x02 \x01(\x04\x12\x10\n\x08repaired\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12\x0e\n\x06stored\x18\x05 \x01(\x04\x12\x34\n\x08\x61\x64justed\x18\x06 \x03(\x0b\x32\".geobus.v1.JobCounts.AdjustedEntry\x1a/\n\rAdjustedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xc7\x01\n\x0bJobAccepted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12!\n\x06source\x18\x03 \x01(\x0b\x32\x11.geobus.v1.Source\x12\x12\n\nsource_crs\x18\x04 \x01(\t\x12\x16\n\x0e\x64ocument_bytes\x18\x05 \x01(\x04\x12/\n\x0b\x61\x63\x63\x65pted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63\x61llback_url\x18\x07 \x01(\t\"\xa3\x01\n\tJobSealed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x66\x65\x61tures_total\x18\x02 \x01(\x04\x12\x15\n\rbatches_total\x18\x03 \x01(\x04\x12\x16\n\x0erejected_total\x18\x04 \x01(\x04\x12-\n\tsealed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08warnings\x18\x06 \x03(\t\"\x9c\x01\n\x0cJobCompleted\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12$\n\x06status\x18\x02 \x01(\x0e\x32\x14.geobus.v1.JobStatus\x12$\n\x06\x63ounts\x18\x03 \x01(\x0b\x32\x14.geobus.v1.JobCounts\x12\x30\n\x0c\x63ompleted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\tJobFailed\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12$\n\x06\x63ounts\x18\x04 \x01(\x0b\x32\x14.geobus.v1.JobCounts\x12-\n\tfailed_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xa4\x01\n\tJobStatus\x12\x1a\n\x16JOB_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13JOB_STATUS_ACCEPTED\x10\x01\x12\x16\n\x12JOB_STATUS_RUNNING\x10\x02\x12\x19\n\x15JOB_STATUS_SUCCESSFUL\x10\x03\x12\x15\n\x11JOB_STATUS_FAILED\x10\x04\x12\x18\n\x14JOB_STATUS_DISMISSED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'geobus.v1.job_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATUS']._serialized_start=846
-  _globals['_JOBSTATUS']._serialized_end=1010
-  _globals['_JOBCOUNTS']._serialized_start=92
-  _globals['_JOBCOUNTS']._serialized_end=188
-  _globals['_JOBACCEPTED']._serialized_start=191
-  _globals['_JOBACCEPTED']._serialized_end=390
-  _globals['_JOBSEALED']._serialized_start=393
-  _globals['_JOBSEALED']._serialized_end=538
-  _globals['_JOBCOMPLETED']._serialized_start=541
-  _globals['_JOBCOMPLETED']._serialized_end=697
-  _globals['_JOBFAILED']._serialized_start=700
-  _globals['_JOBFAILED']._serialized_end=843
+  _globals['_JOBCOUNTS_ADJUSTEDENTRY']._loaded_options = None
+  _globals['_JOBCOUNTS_ADJUSTEDENTRY']._serialized_options = b'8\001'
+  _globals['_JOBSTATUS']._serialized_start=968
+  _globals['_JOBSTATUS']._serialized_end=1132
+  _globals['_JOBCOUNTS']._serialized_start=93
+  _globals['_JOBCOUNTS']._serialized_end=292
+  _globals['_JOBCOUNTS_ADJUSTEDENTRY']._serialized_start=245
+  _globals['_JOBCOUNTS_ADJUSTEDENTRY']._serialized_end=292
+  _globals['_JOBACCEPTED']._serialized_start=295
+  _globals['_JOBACCEPTED']._serialized_end=494
+  _globals['_JOBSEALED']._serialized_start=497
+  _globals['_JOBSEALED']._serialized_end=660
+  _globals['_JOBCOMPLETED']._serialized_start=663
+  _globals['_JOBCOMPLETED']._serialized_end=819
+  _globals['_JOBFAILED']._serialized_start=822
+  _globals['_JOBFAILED']._serialized_end=965
 # @@protoc_insertion_point(module_scope)

@@ -3,10 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from geobus.v1 import feature_pb2 as _feature_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -71,11 +73,32 @@ class JobCounts(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class AdjustedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     RECEIVED_FIELD_NUMBER: _builtins.int
     VALID_FIELD_NUMBER: _builtins.int
     REPAIRED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     STORED_FIELD_NUMBER: _builtins.int
+    ADJUSTED_FIELD_NUMBER: _builtins.int
     received: _builtins.int
     """Features read from the document (stored + rejected when complete)."""
     valid: _builtins.int
@@ -86,6 +109,14 @@ class JobCounts(_message.Message):
     """Features rejected by any stage."""
     stored: _builtins.int
     """Features committed to the store."""
+    @_builtins.property
+    def adjusted(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Stored features per kind of deliberate change, keyed by the
+        AdjustmentKind name in lower case without its prefix ("antimeridian_cut",
+        "clipped", "longitude_normalised", ...). A feature with two kinds of
+        change counts under both; kinds that never happened are absent.
+        """
+
     def __init__(
         self,
         *,
@@ -94,10 +125,11 @@ class JobCounts(_message.Message):
         repaired: _builtins.int = ...,
         rejected: _builtins.int = ...,
         stored: _builtins.int = ...,
+        adjusted: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["received", b"received", "rejected", b"rejected", "repaired", b"repaired", "stored", b"stored", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adjusted", b"adjusted", "received", b"received", "rejected", b"rejected", "repaired", b"repaired", "stored", b"stored", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -172,6 +204,7 @@ class JobSealed(_message.Message):
     BATCHES_TOTAL_FIELD_NUMBER: _builtins.int
     REJECTED_TOTAL_FIELD_NUMBER: _builtins.int
     SEALED_AT_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job id."""
     features_total: _builtins.int
@@ -184,6 +217,13 @@ class JobSealed(_message.Message):
     def sealed_at(self) -> _timestamp_pb2.Timestamp:
         """When the last batch was confirmed by the broker."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the ingress noticed about the document as a whole and did
+        something about, for people, e.g. that a legacy "crs" member was
+        honoured as the source CRS. Shown on the job.
+        """
+
     def __init__(
         self,
         *,
@@ -192,10 +232,11 @@ class JobSealed(_message.Message):
         batches_total: _builtins.int = ...,
         rejected_total: _builtins.int = ...,
         sealed_at: _timestamp_pb2.Timestamp | None = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sealed_at", b"sealed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_total", b"batches_total", "features_total", b"features_total", "job_id", b"job_id", "rejected_total", b"rejected_total", "sealed_at", b"sealed_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches_total", b"batches_total", "features_total", b"features_total", "job_id", b"job_id", "rejected_total", b"rejected_total", "sealed_at", b"sealed_at", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -80,6 +80,19 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """
     REJECT_REASON_PROCESSING_FAILED: _RejectReason.ValueType  # 20
     """The stage failed on this feature alone (isolated by bisection)."""
+    REJECT_REASON_LATITUDE_LONGITUDE_SWAPPED: _RejectReason.ValueType  # 21
+    """Latitude and longitude are swapped: some latitude lies beyond ±90 while
+    every value read as a latitude would be a valid longitude and every value
+    read as a longitude a valid latitude (only detected where unambiguous).
+    """
+    REJECT_REASON_ANTIMERIDIAN_CROSSING: _RejectReason.ValueType  # 22
+    """The geometry crosses the antimeridian and the deployment's policy
+    (GEOBUS_ANTIMERIDIAN=reject) refuses it, or it could not be cut.
+    """
+    REJECT_REASON_OUTSIDE_DOMAIN: _RejectReason.ValueType  # 23
+    """The geometry lies outside the target CRS's area of use: wholly (nothing
+    is left after clipping) or partly under GEOBUS_CLIP=reject.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """A feature that a stage refused is data, not a failure of the pipeline: it is
@@ -146,6 +159,19 @@ geometries.
 """
 REJECT_REASON_PROCESSING_FAILED: RejectReason.ValueType  # 20
 """The stage failed on this feature alone (isolated by bisection)."""
+REJECT_REASON_LATITUDE_LONGITUDE_SWAPPED: RejectReason.ValueType  # 21
+"""Latitude and longitude are swapped: some latitude lies beyond ±90 while
+every value read as a latitude would be a valid longitude and every value
+read as a longitude a valid latitude (only detected where unambiguous).
+"""
+REJECT_REASON_ANTIMERIDIAN_CROSSING: RejectReason.ValueType  # 22
+"""The geometry crosses the antimeridian and the deployment's policy
+(GEOBUS_ANTIMERIDIAN=reject) refuses it, or it could not be cut.
+"""
+REJECT_REASON_OUTSIDE_DOMAIN: RejectReason.ValueType  # 23
+"""The geometry lies outside the target CRS's area of use: wholly (nothing
+is left after clipping) or partly under GEOBUS_CLIP=reject.
+"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final

@@ -9,24 +9,35 @@ happens to the input afterwards, in one place (:func:`disposition` and
 outcome of decode + ``handle``         what the broker is told
 =====================================  ==========================================
 returned                               ``ack``
-MessageError / PermanentError          ``reject(requeue=False)`` → stage DLQ
-any other Exception (a bug)            same, with the traceback logged
-TransientError                         back-off, then ``nack(requeue=True)``
+MessageError / PermanentError, or any  a copy with ``x-exception`` etc. to the
+other Exception (a bug, logged with    stage's DLQ, confirmed, then ``ack``
+its traceback)                         (if that publish fails: ``reject``, and
+                                       the queue's own DLX keeps it)
+TransientError                         a copy to the delay queue of the next
+                                       back-off level, confirmed, then ``ack``;
+                                       after ``max_attempts`` → DLQ as above
+                                       (if that publish fails: back off in
+                                       place, then ``nack(requeue=True)``)
 cancelled (shutdown past the grace)    nothing: the channel closes, the broker
                                        requeues the message
 =====================================  ==========================================
 
-The loop runs on its own robust connection: the publisher's connection may
-be blocked by a resource alarm while acks must keep flowing.
+The copies go out on the stage's publisher (:class:`Redelivery`), never on
+the consuming connection: the publisher's connection may be blocked by a
+resource alarm while acks must keep flowing. The loop's connection is
+robust; it keeps the queue object, and with it the consumer, referenced, so
+that aio-pika re-registers the consumer after a reconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
+import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
@@ -34,7 +45,18 @@ from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
 from google.protobuf.message import Message as ProtoMessage
 
 from geobus.broker import wire
-from geobus.errors import ConfigurationError, PermanentError, TransientError
+from geobus.broker.redelivery import (
+    DEFAULT_JITTER,
+    DEFAULT_MAX_ATTEMPTS,
+    REASON_ERROR,
+    REASON_RETRIES_EXHAUSTED,
+    Disposition,
+    dead_letter_copy,
+    disposition,
+    retry_copy,
+)
+from geobus.broker.topology import Topology
+from geobus.errors import ConfigurationError, GeobusError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +68,35 @@ RETRY_BACKOFF_BASE = 0.5
 RETRY_BACKOFF_MAX = 5.0
 
 
-class Disposition(enum.Enum):
-    """What becomes of a delivered message."""
+class Republisher(Protocol):
+    """What settling needs of a publisher (:class:`~geobus.broker.publisher.Publisher`)."""
 
-    ACK = "ack"
-    RETRY = "retry"
-    DEAD_LETTER = "dead-letter"
+    async def publish_message(
+        self, exchange_name: str, routing_key: str, message: aio_pika.Message
+    ) -> None:
+        """Publish ``message`` mandatory and return once the broker confirmed it."""
 
 
-def disposition(error: Exception | None) -> Disposition:
-    """The fate of a message whose processing ended with ``error`` (None: success)."""
-    if error is None:
-        return Disposition.ACK
-    if isinstance(error, TransientError):
-        return Disposition.RETRY
-    # PermanentError, and anything unexpected: retrying a bug only burns the
-    # delivery limit, and the dead letter keeps the message for a person.
-    return Disposition.DEAD_LETTER
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """Where failed messages go: delay queues and the DLX of ``topology``, via ``publisher``."""
+
+    publisher: Republisher
+    topology: Topology
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    jitter: float = DEFAULT_JITTER
+    uniform: Callable[[], float] = field(default=random.random)
+
+
+__all__ = [
+    "Disposition",
+    "Handler",
+    "Redelivery",
+    "Republisher",
+    "disposition",
+    "run_consumer",
+    "settle",
+]
 
 
 def retry_delay(message: AbstractIncomingMessage) -> float:
@@ -78,43 +112,120 @@ async def settle(
     *,
     stage: str,
     stop: asyncio.Event,
+    redelivery: Redelivery | None = None,
 ) -> Disposition:
-    """Tell the broker the fate of ``message`` (the one place that acks, rejects or nacks)."""
-    decision = disposition(error)
-    ident = f"{stage}: message {message.message_id!r} ({message.type})"
+    """Tell the broker the fate of ``message`` (the one place that acks, rejects or nacks).
+
+    Without ``redelivery`` (no publisher at hand) only the fallbacks are
+    left: ``reject`` into the queue's DLX, and back-off + requeue.
+    """
+    attempt = wire.attempt(message)
+    max_attempts = redelivery.max_attempts if redelivery else DEFAULT_MAX_ATTEMPTS
+    decision = disposition(error, attempt, max_attempts)
+    ident = f"{stage}: message {message.message_id!r} ({message.type}, attempt {attempt + 1})"
     try:
         if decision is Disposition.ACK:
             await message.ack()
         elif decision is Disposition.DEAD_LETTER:
-            if isinstance(error, PermanentError):
-                log.warning("%s dead-lettered: %s", ident, error)
-            else:
-                log.error("%s dead-lettered after an unexpected error", ident, exc_info=error)
-            # The queue's dead-letter settings route it to <prefix>.dlq.<stage>.
-            await message.reject(requeue=False)
+            assert error is not None
+            await _dead_letter(message, error, ident, stage, redelivery)
         else:
-            # TODO(issue 4): replace this in-place back-off with delay queues
-            # (exponential TTL queues that dead-letter back to the stage), and
-            # republish to the DLQ with x-exception instead of reject().
-            delay = retry_delay(message)
-            log.warning("%s failed transiently (%s); retrying in %.1fs", ident, error, delay)
-            # A stopping consumer requeues at once rather than delay shutdown.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
-            await message.nack(requeue=True)
+            assert error is not None
+            await _retry(message, error, ident, stage, stop, redelivery)
     except (AMQPError, ConnectionError, RuntimeError) as exc:
         # The channel went away: the broker requeues the unacked message itself.
         log.warning("%s could not be settled (%s): the broker will redeliver it", ident, exc)
     return decision
 
 
+async def _dead_letter(
+    message: AbstractIncomingMessage,
+    error: Exception,
+    ident: str,
+    stage: str,
+    redelivery: Redelivery | None,
+) -> None:
+    if isinstance(error, TransientError):
+        reason = REASON_RETRIES_EXHAUSTED
+        log.error("%s dead-lettered: still failing after the last attempt: %s", ident, error)
+    elif isinstance(error, PermanentError):
+        reason = REASON_ERROR
+        log.warning("%s dead-lettered: %s", ident, error)
+    else:
+        reason = REASON_ERROR
+        log.error("%s dead-lettered after an unexpected error", ident, exc_info=error)
+    if redelivery is not None:
+        exchange, key, copy = dead_letter_copy(
+            message, error, stage=stage, topology=redelivery.topology, reason=reason
+        )
+        try:
+            await redelivery.publisher.publish_message(exchange, key, copy)
+        except GeobusError as exc:
+            log.warning("%s: the dead letter could not be published (%s); rejecting", ident, exc)
+        else:
+            # Only now: until the copy is confirmed the original is the one copy.
+            await message.ack()
+            return
+    # The queue's dead-letter settings route it to <prefix>.dlq.<stage>, with
+    # x-death but without geobus's headers.
+    await message.reject(requeue=False)
+
+
+async def _retry(
+    message: AbstractIncomingMessage,
+    error: Exception,
+    ident: str,
+    stage: str,
+    stop: asyncio.Event,
+    redelivery: Redelivery | None,
+) -> None:
+    if redelivery is not None:
+        exchange, key, copy = retry_copy(
+            message,
+            error,
+            stage=stage,
+            topology=redelivery.topology,
+            jitter=redelivery.jitter,
+            uniform=redelivery.uniform,
+        )
+        try:
+            await redelivery.publisher.publish_message(exchange, key, copy)
+        except GeobusError as exc:
+            log.warning("%s: the retry could not be published (%s)", ident, exc)
+        else:
+            log.warning(
+                "%s failed transiently (%s); retrying within %.1fs via %s",
+                ident,
+                error,
+                redelivery.topology.retry_delay(wire.attempt(message) + 1),
+                key,
+            )
+            await message.ack()
+            return
+    # Last resort (no publisher, or it is blocked too): wait here, then
+    # requeue; this spends one of the quorum queue's delivery limit.
+    delay = retry_delay(message)
+    log.warning("%s failed transiently (%s); requeueing in %.1fs", ident, error, delay)
+    # A stopping consumer requeues at once rather than delay shutdown.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)
+    await message.nack(requeue=True)
+
+
 class _Deliveries:
     """The callback given to ``basic.consume``; tracks handlers that are still running."""
 
-    def __init__(self, handle: Handler, stage: str, stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        stage: str,
+        stop: asyncio.Event,
+        redelivery: Redelivery | None,
+    ) -> None:
         self._handle = handle
         self._stage = stage
         self._stop = stop
+        self._redelivery = redelivery
         self.running: set[asyncio.Task[object]] = set()
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
@@ -131,7 +242,9 @@ class _Deliveries:
                 await self._handle(wire.decode_message(message), message)
             except Exception as exc:  # every outcome goes to settle()
                 error = exc
-            await settle(message, error, stage=self._stage, stop=self._stop)
+            await settle(
+                message, error, stage=self._stage, stop=self._stop, redelivery=self._redelivery
+            )
         finally:
             if task is not None:
                 self.running.discard(task)
@@ -146,6 +259,7 @@ async def run_consumer(
     stop: asyncio.Event,
     stage: str,
     grace: float = DEFAULT_GRACE,
+    redelivery: Redelivery | None = None,
 ) -> None:
     """Consume ``queue_name`` with ``handle`` until ``stop`` is set, then shut down cleanly.
 
@@ -160,7 +274,7 @@ async def run_consumer(
     except (AMQPError, OSError) as exc:
         msg = f"cannot connect to RabbitMQ for consuming: {exc}"
         raise TransientError(msg) from exc
-    deliveries = _Deliveries(handle, stage, stop)
+    deliveries = _Deliveries(handle, stage, stop, redelivery)
     try:
         channel = await connection.channel()
         # Per consumer, not global: quorum queues refuse global QoS.

@@ -145,14 +145,35 @@ class Publisher:
                 exchange_name, routing_key, payload, message_id, correlation_id, stage, headers
             )
         )
-        exchange = await self._exchange(exchange_name)
+        await self._send(
+            exchange_name, routing_key, message, mandatory=self._topology.binds(routing_key)
+        )
+
+    async def publish_message(
+        self, exchange_name: str, routing_key: str, message: aio_pika.Message
+    ) -> None:
+        """Publish an already built AMQP message, ``mandatory``; return once confirmed.
+
+        For messages that travel on unchanged (retries, dead letters, replays):
+        ``exchange_name`` may be ``""``, the default exchange, which routes by
+        queue name.
+        """
+        if exchange_name and exchange_name not in {e.name for e in self._topology.exchanges}:
+            msg = f"{exchange_name!r} is not an exchange of prefix {self._topology.prefix!r}"
+            raise MessageError(msg)
+        await self._send(exchange_name, routing_key, message, mandatory=True)
+
+    async def _send(
+        self, exchange_name: str, routing_key: str, message: aio_pika.Message, *, mandatory: bool
+    ) -> None:
+        message_id = message.message_id
         try:
-            await exchange.publish(
-                message,
-                routing_key,
-                mandatory=self._topology.binds(routing_key),
-                timeout=self._timeout,
+            exchange = (
+                self._channel.default_exchange
+                if exchange_name == ""
+                else await self._exchange(exchange_name)
             )
+            await exchange.publish(message, routing_key, mandatory=mandatory, timeout=self._timeout)
         except PublishError as exc:
             msg = f"no queue is bound to {routing_key!r} on {exchange_name!r} ({message_id})"
             raise UnroutableError(msg) from exc

@@ -12,6 +12,23 @@ at-least-once dead-lettering so that the dead letter itself is not lost.
 Each stage dead-letters to its own queue ``<prefix>.dlq.<stage>`` through the
 topic exchange ``<prefix>.dlx``: ``x-dead-letter-routing-key`` overrides the
 original routing key, so one exchange serves every stage.
+
+Transient failures are retried through delay queues, one per stage and
+back-off level: ``<prefix>.retry.<stage>.<n>`` holds a message for its TTL
+(``x-message-ttl``, the level's delay; a shorter per-message ``expiration``
+adds jitter) and then dead-letters it, at least once, through the default
+exchange straight back into ``<prefix>.<stage>``. They are quorum queues:
+RabbitMQ 3.10+ supports message TTL on them, and at-least-once
+dead-lettering (which classic queues lack) means an expiring retry is never
+dropped on its way back. Nobody consumes them and nothing is bound to them:
+the consumer publishes there by queue name.
+
+Dead-letter queues carry an explicit, very high delivery limit: ``geobus dlq
+ls`` reads them with ``basic.get`` and returns every message (each read adds
+one to the quorum queue's delivery count), and RabbitMQ 4.x would otherwise
+apply its default limit of 20 and drop dead letters after 20 listings.
+(``-1``, 4.x's "unlimited", is not an option: 3.10 takes it literally and
+drops every returned message.)
 """
 
 from __future__ import annotations
@@ -30,6 +47,10 @@ from geobus.errors import ConfigurationError, TransientError
 from geobus.settings import Settings
 
 DEFAULT_DELIVERY_LIMIT = 10
+DEFAULT_RETRY_DELAYS: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
+"""Seconds a transient failure waits before its 1st, 2nd, … retry (the last level repeats)."""
+DEAD_LETTER_DELIVERY_LIMIT = 2**31 - 1
+"""Delivery limit of the dead-letter queues: in effect none, on 3.x and 4.x alike."""
 
 VALIDATOR = "validator"
 REPROJECTOR = "reprojector"
@@ -80,6 +101,7 @@ class Topology:
     exchanges: tuple[ExchangeSpec, ...]
     queues: tuple[QueueSpec, ...]
     bindings: tuple[BindingSpec, ...]
+    retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS
 
     @property
     def features_exchange(self) -> str:
@@ -105,6 +127,18 @@ class Topology:
         """The queue holding the dead letters of a stage."""
         _check_stage(stage)
         return dead_letter_queue(self.prefix, stage)
+
+    def retry_queue(self, stage: str, level: int) -> str:
+        """The delay queue of back-off ``level`` (1-based; past the last, the last)."""
+        _check_stage(stage)
+        if level < 1:
+            msg = f"retry levels start at 1, got {level}"
+            raise ValueError(msg)
+        return retry_queue(self.prefix, stage, min(level, len(self.retry_delays)))
+
+    def retry_delay(self, level: int) -> float:
+        """Seconds a message waits at back-off ``level`` (1-based; past the last, the last)."""
+        return self.retry_delays[min(max(level, 1), len(self.retry_delays)) - 1]
 
     def queue(self, name: str) -> QueueSpec:
         """The spec of the queue called ``name``."""
@@ -158,6 +192,11 @@ def dead_letter_queue(prefix: str, stage: str) -> str:
     return f"{prefix}.dlq.{stage}"
 
 
+def retry_queue(prefix: str, stage: str, level: int) -> str:
+    """``<prefix>.retry.<stage>.<level>``."""
+    return f"{prefix}.retry.{stage}.{level}"
+
+
 def dead_letter_routing_key(stage: str) -> str:
     """``dlq.<stage>``: the key a stage's dead letters carry on the dead-letter exchange."""
     return f"dlq.{stage}"
@@ -169,10 +208,17 @@ def _check_stage(stage: str) -> None:
         raise ValueError(msg)
 
 
-def topology(prefix: str, delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> Topology:
+def topology(
+    prefix: str,
+    delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
+    retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
+) -> Topology:
     """The whole topology of ``prefix``; pure, nothing is declared."""
     if delivery_limit <= 0:
         msg = f"delivery_limit must be positive, got {delivery_limit}"
+        raise ValueError(msg)
+    if not retry_delays or any(d <= 0 for d in retry_delays):
+        msg = f"retry_delays must be one or more positive numbers, got {retry_delays}"
         raise ValueError(msg)
     features, jobs, dlx = (
         features_exchange(prefix),
@@ -214,14 +260,43 @@ def topology(prefix: str, delivery_limit: int = DEFAULT_DELIVERY_LIMIT) -> Topol
         # Dead-letter queues have no DLX: a dead letter stays until a person
         # replays or purges it.
         name = dead_letter_queue(prefix, stage)
-        queues.append(QueueSpec(name, (("x-queue-type", "quorum"),)))
+        queues.append(
+            QueueSpec(
+                name,
+                (("x-queue-type", "quorum"), ("x-delivery-limit", DEAD_LETTER_DELIVERY_LIMIT)),
+            )
+        )
         bindings.append(BindingSpec(name, dlx, dead_letter_routing_key(stage)))
+    for stage in STAGES:
+        for level, delay in enumerate(retry_delays, start=1):
+            queues.append(
+                QueueSpec(
+                    retry_queue(prefix, stage, level),
+                    (
+                        ("x-queue-type", "quorum"),
+                        ("x-message-ttl", round(delay * 1000)),
+                        # "" is the default exchange: the routing key is the
+                        # stage queue's name.
+                        ("x-dead-letter-exchange", ""),
+                        ("x-dead-letter-routing-key", stage_queue(prefix, stage)),
+                        ("x-dead-letter-strategy", "at-least-once"),
+                        # Required by at-least-once dead-lettering.
+                        ("x-overflow", "reject-publish"),
+                    ),
+                )
+            )
     return Topology(
         prefix=prefix,
         exchanges=(ExchangeSpec(features), ExchangeSpec(jobs), ExchangeSpec(dlx)),
         queues=tuple(queues),
         bindings=tuple(bindings),
+        retry_delays=tuple(float(d) for d in retry_delays),
     )
+
+
+def from_settings(settings: Settings) -> Topology:
+    """The topology ``settings`` describe (prefix, delivery limit, retry delays)."""
+    return topology(settings.prefix, settings.delivery_limit, settings.retry_delays)
 
 
 async def declare(channel: AbstractChannel, topology: Topology) -> None:
@@ -283,15 +358,13 @@ def describe(topology: Topology) -> str:
     return "\n".join(lines)
 
 
-async def declare_from_settings(
-    settings: Settings, *, delivery_limit: int = DEFAULT_DELIVERY_LIMIT
-) -> Topology:
-    """Connect to ``settings.amqp_url``, declare the topology of ``settings.prefix``, disconnect.
+async def declare_from_settings(settings: Settings) -> Topology:
+    """Connect to ``settings.amqp_url``, declare the topology of ``settings``, disconnect.
 
     Raises TransientError when the broker cannot be reached and
     ConfigurationError when it holds conflicting objects.
     """
-    spec = topology(settings.prefix, delivery_limit)
+    spec = from_settings(settings)
     try:
         connection = await aio_pika.connect(settings.amqp_url)
     except (AMQPConnectionError, OSError) as exc:

@@ -8,12 +8,14 @@ out; publishing them is the caller's business.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import BinaryIO
 
 import msgspec
 
 from geobus.codec.batches import BatchBuilder, BatchContext, BatchLimits, Output, Totals
+from geobus.codec.crs import legacy_crs
 from geobus.codec.features import GEOMETRY_TYPES
 from geobus.codec.scanner import Framing, RawItem, Scanner
 from geobus.errors import DocumentError
@@ -41,6 +43,7 @@ _SUFFIXES: dict[str, Framing] = {
 
 class _TopLevel(msgspec.Struct):
     type: msgspec.Raw = msgspec.Raw(b"")
+    crs: msgspec.Raw = msgspec.Raw(b"")
 
 
 def framing_for_path(name: str, head: bytes) -> Framing:
@@ -69,6 +72,10 @@ class DocumentConverter:
         self._stream = stream
         self._framing = framing
         self._builder = BatchBuilder(context, limits or BatchLimits())
+        self._head_read = False
+        self._crs_found = False
+        # What the converter noticed about the whole document, for the job.
+        self.warnings: list[str] = []
 
     @property
     def totals(self) -> Totals:
@@ -78,10 +85,36 @@ class DocumentConverter:
     def __iter__(self) -> Iterator[Output]:
         scanner = Scanner(self._stream, self._framing)
         for item in scanner:
+            if not self._head_read and scanner.top.head:
+                self._head_read = True
+                self._read_crs(scanner.top.head)
             yield from self._builder.add(item)
         if self._framing == "json":
             yield from self._top_level(scanner)
         yield from self._builder.flush()
+
+    def _read_crs(self, members: bytes) -> None:
+        """Honour a legacy top-level ``crs`` member as the source CRS, with a warning."""
+        try:
+            raw = bytes(msgspec.json.decode(members, type=_TopLevel).crs)
+        except (msgspec.DecodeError, RecursionError):
+            return  # the top-level check reports it
+        if not raw or raw == b"null":
+            return
+        self._crs_found = True
+        source = legacy_crs(raw)
+        context = self._builder.context
+        if context.crs != "OGC:CRS84" and source != context.crs:
+            self.warnings.append(
+                f'the document\'s "crs" member ({source}) was ignored: the request named'
+                f" {context.crs}"
+            )
+            return
+        self._builder.context = dataclasses.replace(context, crs=source)
+        self.warnings.append(
+            f'the document has a "crs" member, which RFC 7946 removed from GeoJSON; it was'
+            f" honoured: positions were read as {source}, x (easting or longitude) first"
+        )
 
     def _top_level(self, scanner: Scanner) -> Iterator[Output]:
         members = scanner.top.members
@@ -97,6 +130,19 @@ class DocumentConverter:
             ) from None
         raw_type = bytes(top.type)
         kind = msgspec.json.decode(raw_type) if raw_type else None
+        if bytes(top.crs) not in (b"", b"null") and not self._crs_found:
+            if self._builder.totals.features:
+                # Batches already left in OGC:CRS84: too late to honour it.
+                source = legacy_crs(bytes(top.crs))
+                if source != "OGC:CRS84":
+                    raise DocumentError(
+                        "document_crs_too_late",
+                        'the document\'s "crs" member comes after its features, which were'
+                        ' read as OGC:CRS84 longitude/latitude; put it before "features" (or'
+                        " better, send RFC 7946 GeoJSON in OGC:CRS84)",
+                    )
+            else:
+                self._read_crs(members)
         if scanner.top.streamed_features:
             if kind != "FeatureCollection":
                 raise DocumentError(

@@ -77,6 +77,21 @@ def context_for(meta: SpoolMeta) -> BatchContext:
     )
 
 
+def limits_for(meta: SpoolMeta, settings: Settings) -> BatchLimits:
+    """The batch limits the job was accepted with (the settings' for older metadata).
+
+    A resumed job must be cut into the very batches of its first run: the
+    writer deduplicates on (job, sequence), so a batch cut differently after a
+    restart with other settings would lose or double features.
+    """
+    configured = BatchLimits.from_settings(settings)
+    return BatchLimits(
+        max_features=meta.batch_max_features or configured.max_features,
+        max_bytes=meta.batch_max_bytes or configured.max_bytes,
+        max_message_bytes=meta.max_message_bytes or configured.max_message_bytes,
+    )
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -209,6 +224,7 @@ async def publish_document(
         job_id=job_id,
         features_total=totals.features,
         batches_total=totals.batches,
+        warnings=converter.warnings,
         rejected_total=totals.rejected,
     )
     sealed.sealed_at.FromDatetime(_now())
@@ -244,7 +260,7 @@ async def _convert(spool_path: Path, meta: SpoolMeta, settings: Settings) -> Con
         with ExitStack() as files:
             stream = files.enter_context(open_body(spool_path, meta.content_encoding))
             return await publish_document(
-                stream, meta, BatchLimits.from_settings(settings), publisher, settings.prefix
+                stream, meta, limits_for(meta, settings), publisher, settings.prefix
             )
     finally:
         await publisher.close()

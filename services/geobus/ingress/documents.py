@@ -41,12 +41,14 @@ def job_document(job: JobRecord) -> dict[str, Any]:
         "finished": rfc3339(job.finished),
         "updated": rfc3339(job.updated),
         "collection": job.collection,
+        "warnings": list(job.warnings),
         "counts": {
             "received": counts.received,
             "valid": counts.valid,
             "repaired": counts.repaired,
             "rejected": counts.rejected,
             "stored": counts.stored,
+            "adjusted": dict(counts.adjusted),
         },
         "links": [
             {"href": path, "rel": "self", "type": "application/json", "title": "this job"},

@@ -1,16 +1,29 @@
-"""Run the ingress with uvicorn (what ``geobus ingress`` calls)."""
+"""Run the ingress with uvicorn (what ``geobus ingress`` calls).
+
+SIGTERM (or SIGINT) first *drains*: new documents are answered 503 with
+``Retry-After`` and ``/readyz`` turns 503, for ``GEOBUS_SHUTDOWN_DRAIN``
+seconds while the server still listens (time for a load balancer to stop
+sending). Then uvicorn stops listening and finishes the requests in flight,
+and the lifespan gives the conversions in flight ``GEOBUS_SHUTDOWN_TIMEOUT``
+seconds before it stops them (they stay spooled and are resumed at the next
+start), closes the publisher and exits 0. A second SIGINT forces the exit.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import signal
+import time
 from types import FrameType
 
 import uvicorn
 
+from geobus.ingress.admission import Drain
 from geobus.ingress.app import create_app
 from geobus.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def http_implementation() -> str:
@@ -19,11 +32,15 @@ def http_implementation() -> str:
 
 
 def config(
-    settings: Settings, *, access_log: bool = False, log_level: str = "info"
+    settings: Settings,
+    *,
+    access_log: bool = False,
+    log_level: str = "info",
+    drain: Drain | None = None,
 ) -> uvicorn.Config:
     """The uvicorn configuration of the ingress application."""
     return uvicorn.Config(
-        create_app(settings),
+        create_app(settings, drain=drain),
         host=settings.http_host,
         port=settings.http_port,
         http=http_implementation(),
@@ -35,8 +52,39 @@ def config(
     )
 
 
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that drains for ``drain_seconds`` before its graceful shutdown."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.drain_seconds = drain_seconds
+        self._drain_since: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """First signal: start draining (a plain flag: we are in a signal handler)."""
+        if self._drain_since is None:
+            self.drain.start()
+            self._drain_since = time.monotonic()
+            if self.drain_seconds > 0:
+                return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        """Stop listening once the drain time is over."""
+        since = self._drain_since
+        if (
+            since is not None
+            and not self.should_exit
+            and time.monotonic() - since >= self.drain_seconds
+        ):
+            log.info("drained for %g s; shutting down", self.drain_seconds)
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
 def serve(settings: Settings, *, access_log: bool = False, log_level: str = "info") -> None:
-    """Serve the ingress until interrupted (SIGINT / SIGTERM end it gracefully)."""
+    """Serve the ingress until SIGINT / SIGTERM, then drain and stop gracefully."""
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
@@ -46,7 +94,13 @@ def serve(settings: Settings, *, access_log: bool = False, log_level: str = "inf
     # stop; a no-op handler lets a clean stop exit with status 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _already_handled)
-    uvicorn.Server(config(settings, access_log=access_log, log_level=log_level)).run()
+    drain = Drain()
+    server = DrainingServer(
+        config(settings, access_log=access_log, log_level=log_level, drain=drain),
+        drain,
+        settings.shutdown_drain,
+    )
+    server.run()
 
 
 def _already_handled(signum: int, frame: FrameType | None) -> None:

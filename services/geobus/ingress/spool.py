@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
 BODY_SUFFIX = ".body"
 META_SUFFIX = ".json"
+TEMPORARY_SUFFIX = ".tmp"
 # A gzip member is at least a 10-byte header and an 8-byte trailer.
 _GZIP_MINIMUM = 18
 
@@ -35,6 +36,15 @@ class SpoolMeta:
     created: str  # RFC 3339, UTC
     body_bytes: int  # size of the .body file (as sent, before any decoding)
     document_bytes: int  # size of the document once the content encoding is removed
+    # How batches are cut. A resumed job must cut exactly the batches it cut
+    # before the crash: message ids and the store's ledger are keyed by batch
+    # sequence, so a changed limit would publish different features under an
+    # already-stored sequence. None (metadata of an older geobus): the settings'.
+    batch_max_features: int | None = None
+    batch_max_bytes: int | None = None
+    max_message_bytes: int | None = None
+    # Who sent it (GEOBUS_MAX_JOBS_PER_CLIENT); counted again after a resume.
+    client: str | None = None
 
     def to_json(self) -> bytes:
         """The metadata file's content."""
@@ -42,9 +52,14 @@ class SpoolMeta:
 
     @classmethod
     def from_json(cls, data: bytes) -> SpoolMeta:
-        """Read a metadata file written by :meth:`to_json`."""
-        fields: dict[str, Any] = json.loads(data)
-        return cls(**fields)
+        """Read a metadata file written by :meth:`to_json` (of this or another geobus version).
+
+        Keys this version does not know are ignored, so that a newer geobus's
+        spool can still be resumed by an older one after a rollback.
+        """
+        raw: dict[str, Any] = json.loads(data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 def gzip_size(path: Path) -> int:
@@ -100,7 +115,7 @@ def write_meta(spool_dir: Path, meta: SpoolMeta) -> Path:
     body file's directory entry durable too.
     """
     target = meta_path(spool_dir, meta.job_id)
-    temporary = target.with_name(target.name + ".tmp")
+    temporary = target.with_name(target.name + TEMPORARY_SUFFIX)
     with temporary.open("wb") as handle:
         handle.write(meta.to_json())
         handle.flush()
@@ -124,3 +139,21 @@ def remove(spool_dir: Path, job_id: str) -> None:
 def pending_jobs(spool_dir: Path) -> list[str]:
     """Job ids whose metadata is on disk: accepted but not finished converting."""
     return sorted(p.name.removesuffix(META_SUFFIX) for p in spool_dir.glob(f"*{META_SUFFIX}"))
+
+
+def unacknowledged_files(spool_dir: Path) -> list[Path]:
+    """Spool files of documents that were never acknowledged (blocking).
+
+    A body without metadata was cut off by a crash before the 202 (the
+    metadata file is the last thing written before it), and so is a
+    metadata file still under its temporary name. Their client got no 202
+    and sends again; the files are garbage. Only meaningful before the
+    ingress serves: an upload in progress is a body without metadata too.
+    """
+    described = set(pending_jobs(spool_dir))
+    bodies = [
+        p
+        for p in spool_dir.glob(f"*{BODY_SUFFIX}")
+        if p.name.removesuffix(BODY_SUFFIX) not in described
+    ]
+    return sorted(bodies + list(spool_dir.glob(f"*{META_SUFFIX}{TEMPORARY_SUFFIX}")))

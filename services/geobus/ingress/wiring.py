@@ -6,6 +6,7 @@ that unit tests with fakes never need a broker or a database.
 
 from __future__ import annotations
 
+from geobus.ingress.monitor import AmqpProbe
 from geobus.ingress.ports import JobStore, Publisher
 from geobus.settings import Settings
 
@@ -17,11 +18,12 @@ async def connect_publisher(settings: Settings, *, declare_topology: bool = True
     processes connect per job and skip the declaration round trips.
     """
     from geobus.broker.publisher import Publisher as BrokerPublisher
-    from geobus.broker.topology import topology
+    from geobus.broker.topology import from_settings
 
     return await BrokerPublisher.connect(
         settings.amqp_url,
-        topology(settings.prefix),
+        # Every process must declare the same queue arguments (delivery limit, retry TTLs).
+        from_settings(settings),
         max_message_bytes=settings.max_message_bytes,
         declare_topology=declare_topology,
     )
@@ -34,3 +36,11 @@ def open_job_store(settings: Settings) -> JobStore:
     store = open_store(settings)
     store.ensure_schema()
     return store
+
+
+async def connect_probe(settings: Settings) -> AmqpProbe:
+    """The broker monitor's probe: the stage queues' depth and a publishing canary."""
+    from geobus.broker.topology import STAGES, stage_queue
+
+    queues = [stage_queue(settings.prefix, stage) for stage in STAGES]
+    return await AmqpProbe.connect(settings.amqp_url, queues, f"{settings.prefix}.canary")

@@ -8,11 +8,17 @@ transform as ``inf``; a feature with any such coordinate is rejected.
 
 PROJ does not enforce a projection's area of use: Web Mercator turns
 latitude 89.9 into y ≈ 4.5e7 m and even 90 into a finite 2.4e8 m; only
-beyond the pole does it give ``inf``. Clipping to the area of use is a
-separate policy, not done here.
+beyond the pole does it give ``inf``. So before transforming, geometry in
+longitude/latitude is clipped to the target's area of use, or rejected, as
+``GEOBUS_CLIP`` says (:mod:`geobus.domains`). After transforming, what the
+transformation made invalid is repaired, and coordinates are snapped to
+``GEOBUS_PRECISION`` digits when set — here, in the CRS they are stored in,
+with Shapely's ``set_precision`` keeping the topology valid.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 import shapely
@@ -20,6 +26,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
 
 from geobus import geometries as g
+from geobus.domains import Domain, clip, domain_of
 from geobus.errors import ConfigurationError, MessageError
 from geobus.problems import Problem, R
 from geobus.stage import StageResult
@@ -27,6 +34,8 @@ from geobus.v1 import feature_pb2
 from geobus.validity import orient, repair
 
 STAGE = "reprojector"
+K = feature_pb2.AdjustmentKind
+Clip = Literal["cut", "reject"]
 
 
 class Reprojector:
@@ -37,16 +46,22 @@ class Reprojector:
     pyproj Transformer must not be shared between threads.
     """
 
-    def __init__(self, target_crs: str) -> None:
+    def __init__(
+        self, target_crs: str, *, clip: Clip = "cut", precision: int | None = None
+    ) -> None:
         try:
             self._target = CRS.from_user_input(target_crs)
         except CRSError as exc:
             msg = f"PROJ does not know the target CRS {target_crs!r}: {exc}"
             raise ConfigurationError(msg) from exc
         self.target_crs = target_crs
+        self.clip = clip
+        self.precision = precision
+        self.domain: Domain | None = domain_of(self._target)
         # None marks a source that is the target up to axis order: with
         # always_xy the transform would be a no-op (OGC:CRS84 → EPSG:4326).
         self._transformers: dict[str, Transformer | None] = {}
+        self._geographic: dict[str, bool] = {}
 
     def transformer(self, source_crs: str) -> Transformer | None:
         """The cached transformer from ``source_crs`` (None when no transform is needed)."""
@@ -60,22 +75,100 @@ class Reprojector:
             self._transformers[source_crs] = (
                 None if same else Transformer.from_crs(source, self._target, always_xy=True)
             )
+            self._geographic[source_crs] = source.is_geographic
         return self._transformers[source_crs]
 
     def __call__(self, batch: feature_pb2.FeatureBatch) -> StageResult:
-        """``batch`` with every geometry in the target CRS; untransformable features rejected."""
+        """``batch`` clipped, transformed, repaired and snapped; refused features rejected."""
         if not batch.crs:
             msg = f"batch {batch.sequence} of job {batch.job_id} names no CRS"
             raise MessageError(msg)
         transformer = self.transformer(batch.crs)
-        if transformer is None:
+        # The area of use is in longitude/latitude: only such input is clipped.
+        domain = self.domain if self._geographic[batch.crs] else None
+        if transformer is None and domain is None and self.precision is None:
             return StageResult(g.rebuild(batch, crs=self.target_crs))
         geometries, present = g.decode(batch)
-        positions = np.flatnonzero(present)
+        live = present.copy()
+        live[live] = ~shapely.is_empty(geometries[live])
         problems: dict[int, Problem] = {}
+        adjustments: dict[int, list[feature_pb2.Adjustment]] = {}
         result = geometries.copy()
-        done = np.zeros(len(geometries), dtype=bool)
-        subset = geometries[positions]
+        changed = np.zeros(len(geometries), dtype=bool)
+        if domain is not None:
+            self._clip(result, live, domain, problems, adjustments, changed)
+        reshaped = changed.copy()
+        if transformer is not None:
+            self._transform(result, live, transformer, problems, changed)
+        for position, adjustment in self._revalidate(result, live & changed, problems).items():
+            adjustments.setdefault(position, []).append(adjustment)
+        live[list(problems)] = False
+        if self.precision is not None:
+            self._snap(result, live, problems, changed)
+        changed &= live
+        # GEOS overlay and snap-rounding write shells clockwise: wind what
+        # they rebuilt per RFC 7946 again (a transform alone keeps the winding).
+        orient(result, changed & (reshaped | (self.precision is not None)))
+        written = np.flatnonzero(changed)
+        encoded = {
+            int(p): bytes(w) for p, w in zip(written, g.encode(result[written]), strict=True)
+        }
+        out = g.rebuild(batch, geometry=encoded, crs=self.target_crs)
+        for position, kinds in adjustments.items():
+            if position not in problems:
+                out.features[position].adjustments.extend(kinds)
+        for position in sorted(problems, reverse=True):
+            del out.features[position]
+        return StageResult(out, g.rejection_batch(batch, STAGE, problems))
+
+    def _clip(
+        self,
+        result: g.ObjectArray,
+        live: g.BoolArray,
+        domain: Domain,
+        problems: dict[int, Problem],
+        adjustments: dict[int, list[feature_pb2.Adjustment]],
+        changed: g.BoolArray,
+    ) -> None:
+        """Clip (or reject) in place what reaches beyond the target's area of use."""
+        clipped = clip(result, live, domain)
+        where = f"the area of use of {self.target_crs}, {domain.description}"
+        for position in clipped.wholly:
+            problems[position] = Problem(
+                R.REJECT_REASON_OUTSIDE_DOMAIN, f"the geometry lies wholly outside {where}"
+            )
+            live[position] = False
+        for position, (geometry, share) in clipped.partly.items():
+            if self.clip == "reject":
+                problems[position] = Problem(
+                    R.REJECT_REASON_OUTSIDE_DOMAIN,
+                    f"{share:.4%} of the geometry lies outside {where}, and GEOBUS_CLIP=reject"
+                    " refuses it",
+                )
+                live[position] = False
+                continue
+            result[position] = geometry
+            changed[position] = True
+            adjustments.setdefault(position, []).append(
+                feature_pb2.Adjustment(
+                    kind=K.ADJUSTMENT_KIND_CLIPPED,
+                    stage=STAGE,
+                    message=f"{share:.4%} of the geometry (measured in degrees) lay outside"
+                    f" {where} and was clipped away",
+                )
+            )
+
+    def _transform(
+        self,
+        result: g.ObjectArray,
+        live: g.BoolArray,
+        transformer: Transformer,
+        problems: dict[int, Problem],
+        changed: g.BoolArray,
+    ) -> None:
+        """Transform every live geometry in place (2-D and 3-D apart, so Z is carried)."""
+        positions = np.flatnonzero(live)
+        subset = result[positions]
         has_z = shapely.has_z(subset)
         for include_z in (False, True):
             mask = has_z == include_z
@@ -87,16 +180,34 @@ class Reprojector:
             ok = np.ones(len(where), dtype=bool)
             ok[list(bad)] = False
             result[where[ok]] = transformed[ok]
-            done[where[ok]] = True
-        adjustments = self._revalidate(result, done, problems)
-        written = np.flatnonzero(done)
-        encoded = {
-            int(p): bytes(w) for p, w in zip(written, g.encode(result[written]), strict=True)
-        }
-        out = g.rebuild(
-            batch, drop=problems, geometry=encoded, adjustments=adjustments, crs=self.target_crs
-        )
-        return StageResult(out, g.rejection_batch(batch, STAGE, problems))
+            changed[where[ok]] = True
+            live[where[~ok]] = False
+
+    def _snap(
+        self,
+        result: g.ObjectArray,
+        live: g.BoolArray,
+        problems: dict[int, Problem],
+        changed: g.BoolArray,
+    ) -> None:
+        """Snap live geometries to ``precision`` digits in place, keeping them valid."""
+        assert self.precision is not None
+        positions = np.flatnonzero(live)
+        before = result[positions]
+        # valid_output: GEOS snap-rounds and rebuilds the topology, so a
+        # polygon whose vertices meet on the grid stays valid (or collapses).
+        after = shapely.set_precision(before, 10.0**-self.precision, mode="valid_output")
+        collapsed = shapely.is_empty(after)
+        for position in positions[collapsed].tolist():
+            problems[position] = Problem(
+                R.REJECT_REASON_INVALID_TOPOLOGY,
+                f"snapping to {self.precision} decimal digits (GEOBUS_PRECISION) left nothing"
+                " of the geometry",
+            )
+            live[position] = False
+        moved = ~collapsed & ~shapely.equals_identical(after, before)
+        result[positions[moved]] = after[moved]
+        changed[positions[moved]] = True
 
     def _revalidate(
         self, geometries: g.ObjectArray, live: g.BoolArray, problems: dict[int, Problem]

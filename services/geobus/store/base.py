@@ -5,7 +5,7 @@
 (psycopg 3 / sqlite3): async callers run them with ``asyncio.to_thread``.
 
 Exactly-once in the store rests on one ledger table,
-``batches(job_id, kind, sequence, stored, repaired, rejected)``: every write
+``batches(job_id, kind, sequence, stored, repaired, rejected, adjusted)``: every write
 of a batch (``kind = 'features'``) or of a batch's rejections
 (``kind = 'rejections:<stage>'``) records its key in the same transaction as
 its rows, and a key that is already there makes the write a no-op. The job
@@ -15,6 +15,7 @@ counts are sums over that ledger, so a redelivered batch never counts twice.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
@@ -64,6 +65,8 @@ class JobCounts:
     repaired: int = 0
     rejected: int = 0
     stored: int = 0
+    # Stored features per adjustment kind ("antimeridian_cut", "clipped", ...).
+    adjusted: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -88,6 +91,8 @@ class JobRecord:
     # Machine-readable failure code (``document_not_json``, ...), None unless failed.
     code: str | None = None
     counts: JobCounts = field(default_factory=JobCounts)
+    # What the ingress noticed about the whole document (a legacy "crs" member).
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def progress(self) -> int:
@@ -156,14 +161,26 @@ class FeatureStore(Protocol):
     def list_jobs(self, limit: int, offset: int) -> list[JobRecord]:
         """Jobs, newest first."""
 
-    def write_batch(self, batch: feature_pb2.FeatureBatch) -> WriteOutcome:
-        """Store a batch's features exactly once (keyed by job id and sequence)."""
+    def write_batch(self, batch: feature_pb2.FeatureBatch, part: str = "") -> WriteOutcome:
+        """Store a batch's features exactly once (keyed by job id, sequence and ``part``).
+
+        ``part`` names a piece of the batch written on its own (the writer's
+        bisection around a feature the database refuses): ledger kind
+        ``features:<part>`` instead of ``features``.
+        """
 
     def write_rejections(self, rb: rejection_pb2.RejectionBatch) -> WriteOutcome:
         """Record a batch's rejections exactly once (keyed by job, stage and sequence)."""
 
-    def seal_job(self, job_id: str, features_total: int, batches_total: int, at: datetime) -> None:
-        """Record how many features and batches the job's document held."""
+    def seal_job(
+        self,
+        job_id: str,
+        features_total: int,
+        batches_total: int,
+        at: datetime,
+        warnings: Sequence[str] = (),
+    ) -> None:
+        """Record how many features and batches the job's document held, and its warnings."""
 
     def complete_if_done(self, job_id: str, at: datetime) -> JobRecord | None:
         """Finish a sealed job whose features are all accounted for.
@@ -181,8 +198,17 @@ class FeatureStore(Protocol):
         """Release the connection."""
 
 
+def features_kind(part: str = "") -> str:
+    """Ledger kind of a batch's features (``features``) or of one part of it."""
+    return f"features:{part}" if part else "features"
+
+
 def derive_counts(
-    features_total: int | None, stored: int, repaired: int, rejected: int
+    features_total: int | None,
+    stored: int,
+    repaired: int,
+    rejected: int,
+    adjusted: dict[str, int] | None = None,
 ) -> JobCounts:
     """Job counts from the ledger sums (see the module docstring)."""
     received = features_total if features_total is not None else stored + rejected
@@ -192,4 +218,5 @@ def derive_counts(
         repaired=repaired,
         rejected=rejected,
         stored=stored,
+        adjusted=dict(sorted((adjusted or {}).items())),
     )

@@ -20,7 +20,7 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,11 @@ from geobus.store.base import (
     WriteOutcome,
     check_collection,
     derive_counts,
+    features_kind,
 )
 from geobus.store.rows import (
+    adjusted_json,
+    adjusted_value,
     adjustments_json,
     feature_id_json,
     feature_id_value,
@@ -43,6 +46,8 @@ from geobus.store.rows import (
     is_repaired,
     rejection_rows,
     rejections_kind,
+    warnings_json,
+    warnings_value,
 )
 from geobus.v1 import feature_pb2, rejection_pb2
 
@@ -52,7 +57,11 @@ _BUSY_TIMEOUT_S = 30.0
 _JOB_SELECT = """SELECT j.job_id, j.status, j.collection, j.created, j.started, j.finished,
     j.updated, j.source_uri, j.media_type, j.document_bytes, j.callback_url, j.features_total,
     j.batches_total, j.message, j.code,
-    coalesce(b.stored, 0), coalesce(b.repaired, 0), coalesce(b.rejected, 0)
+    coalesce(b.stored, 0), coalesce(b.repaired, 0), coalesce(b.rejected, 0),
+    (SELECT json_group_object(k, n) FROM (
+        SELECT e.key AS k, sum(e.value) AS n FROM geobus_batches a, json_each(a.adjusted) e
+        WHERE a.job_id = j.job_id GROUP BY e.key)),
+    j.warnings
 FROM geobus_jobs j LEFT JOIN (
     SELECT job_id, sum(stored) AS stored, sum(repaired) AS repaired, sum(rejected) AS rejected
     FROM geobus_batches {batches_where} GROUP BY job_id) b ON b.job_id = j.job_id"""
@@ -148,8 +157,16 @@ class GeoPackageStore:
                 gpkg_schema.srs_rows(self.srid),
             )
             now = timestamp(datetime.now(UTC))
-            for table, ddl in gpkg_schema.LEDGER.items():
+            for ddl in gpkg_schema.LEDGER.values():
                 conn.execute(ddl)
+            # Files made before the ledger counted adjustments get the column.
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(geobus_batches)")}
+            if "adjusted" not in columns:
+                conn.execute("ALTER TABLE geobus_batches ADD COLUMN adjusted TEXT")
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(geobus_jobs)")}
+            if "warnings" not in columns:
+                conn.execute("ALTER TABLE geobus_jobs ADD COLUMN warnings TEXT")
+            for table in gpkg_schema.LEDGER:
                 conn.execute(
                     """INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier,
                         description, last_change) VALUES (?, 'attributes', ?, ?, ?)""",
@@ -237,13 +254,20 @@ class GeoPackageStore:
                 (code, message, timestamp(at), timestamp(at), job_id),
             )
 
-    def seal_job(self, job_id: str, features_total: int, batches_total: int, at: datetime) -> None:
-        """Record the document's totals (idempotent)."""
+    def seal_job(
+        self,
+        job_id: str,
+        features_total: int,
+        batches_total: int,
+        at: datetime,
+        warnings: Sequence[str] = (),
+    ) -> None:
+        """Record the document's totals and warnings (idempotent)."""
         with self._tx() as conn:
             conn.execute(
-                """UPDATE geobus_jobs SET features_total = ?, batches_total = ?, updated = ?
-                WHERE job_id = ?""",
-                (features_total, batches_total, timestamp(at), job_id),
+                """UPDATE geobus_jobs SET features_total = ?, batches_total = ?, updated = ?,
+                    warnings = ? WHERE job_id = ?""",
+                (features_total, batches_total, timestamp(at), warnings_json(warnings), job_id),
             )
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -291,8 +315,9 @@ class GeoPackageStore:
         )
         return cursor.rowcount == 1
 
-    def write_batch(self, batch: feature_pb2.FeatureBatch) -> WriteOutcome:
+    def write_batch(self, batch: feature_pb2.FeatureBatch, part: str = "") -> WriteOutcome:
         """Store the batch's features in one transaction, exactly once."""
+        kind = features_kind(part)
         features = batch.features
         # Encoding (vectorised Shapely) happens before the write lock is taken.
         blobs, boxes = gpkg_binary.encode([f.geometry for f in features], self.srid)
@@ -311,7 +336,7 @@ class GeoPackageStore:
         ]
         with self._tx() as conn:
             table = self._ensure_collection(conn, batch.collection)
-            if not self._claim(conn, batch.job_id, "features", batch.sequence):
+            if not self._claim(conn, batch.job_id, kind, batch.sequence):
                 return WriteOutcome(duplicate=True)
             (before,) = conn.execute(f'SELECT coalesce(max(fid), 0) FROM "{table}"').fetchone()
             # The spec's insert trigger calls ST_MinX & co. once per row and
@@ -341,6 +366,7 @@ class GeoPackageStore:
             conn.execute(rtree_trigger)
             if stored == len(features):
                 repaired = sum(1 for f in features if is_repaired(f))
+                adjusted = adjusted_json(features)
             else:
                 (repaired,) = conn.execute(
                     f"""SELECT count(*) FROM "{table}" WHERE fid > ? AND EXISTS (
@@ -348,10 +374,17 @@ class GeoPackageStore:
                         WHERE json_extract(value, '$.kind') = 'repaired')""",
                     (before,),
                 ).fetchone()
+                (adjusted,) = conn.execute(
+                    f"""SELECT json_group_object(k, n) FROM (
+                        SELECT json_extract(e.value, '$.kind') AS k, count(DISTINCT t.fid) AS n
+                        FROM "{table}" t, json_each(t.adjustments) e WHERE t.fid > ?
+                        GROUP BY k)""",
+                    (before,),
+                ).fetchone()
             conn.execute(
-                """UPDATE geobus_batches SET stored = ?, repaired = ?
-                WHERE job_id = ? AND kind = 'features' AND sequence = ?""",
-                (stored, repaired, batch.job_id, batch.sequence),
+                """UPDATE geobus_batches SET stored = ?, repaired = ?, adjusted = ?
+                WHERE job_id = ? AND kind = ? AND sequence = ?""",
+                (stored, repaired, adjusted, batch.job_id, kind, batch.sequence),
             )
             conn.execute(
                 "UPDATE gpkg_contents SET last_change = ? WHERE table_name = ?", (now, table)
@@ -448,5 +481,8 @@ def _job(row: tuple[Any, ...]) -> JobRecord:
         batches_total=row[12],
         message=row[13],
         code=row[14],
-        counts=derive_counts(features_total, int(row[15]), int(row[16]), int(row[17])),
+        counts=derive_counts(
+            features_total, int(row[15]), int(row[16]), int(row[17]), adjusted_value(row[18])
+        ),
+        warnings=warnings_value(row[19]),
     )

@@ -65,7 +65,8 @@ LEDGER = {
         features_total INTEGER,
         batches_total INTEGER,
         message TEXT,
-        code TEXT)""",
+        code TEXT,
+        warnings TEXT)""",
     "geobus_batches": """CREATE TABLE IF NOT EXISTS geobus_batches (
         fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
         job_id TEXT NOT NULL,
@@ -74,6 +75,7 @@ LEDGER = {
         stored INTEGER NOT NULL DEFAULT 0,
         repaired INTEGER NOT NULL DEFAULT 0,
         rejected INTEGER NOT NULL DEFAULT 0,
+        adjusted TEXT,
         written_at DATETIME NOT NULL,
         UNIQUE (job_id, kind, sequence))""",
     "geobus_rejections": """CREATE TABLE IF NOT EXISTS geobus_rejections (

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,14 +39,19 @@ from geobus.store.base import (
     check_collection,
     check_identifier,
     derive_counts,
+    features_kind,
 )
 from geobus.store.pg_copy import COLUMNS, copy_payload, insert_new, lz4_clause
 from geobus.store.rows import (
+    adjusted_json,
+    adjusted_value,
     feature_id_value,
     final_status,
     is_repaired,
     rejection_rows,
     rejections_kind,
+    warnings_json,
+    warnings_value,
 )
 from geobus.v1 import feature_pb2, rejection_pb2
 
@@ -56,7 +61,8 @@ _JOB_COLUMNS = (
     "j.job_id, j.status, j.collection, j.created, j.started, j.finished, j.updated,"
     " j.source_uri, j.media_type, j.document_bytes, j.callback_url, j.features_total,"
     " j.batches_total, j.message, j.code,"
-    " coalesce(b.stored, 0), coalesce(b.repaired, 0), coalesce(b.rejected, 0)"
+    " coalesce(b.stored, 0), coalesce(b.repaired, 0), coalesce(b.rejected, 0), a.adjusted,"
+    " j.warnings"
 )
 
 
@@ -157,8 +163,10 @@ class PostgisStore:
                     features_total bigint,
                     batches_total bigint,
                     message text,
-                    code text)"""
+                    code text,
+                    warnings jsonb)"""
             )
+            cur.execute(f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS warnings jsonb")
             cur.execute(f"CREATE INDEX IF NOT EXISTS jobs_created_idx ON {s}.jobs (created DESC)")
             cur.execute(
                 f"""CREATE TABLE IF NOT EXISTS {s}.batches (
@@ -168,9 +176,12 @@ class PostgisStore:
                     stored bigint NOT NULL DEFAULT 0,
                     repaired bigint NOT NULL DEFAULT 0,
                     rejected bigint NOT NULL DEFAULT 0,
+                    adjusted jsonb,
                     written_at timestamptz NOT NULL DEFAULT now(),
                     PRIMARY KEY (job_id, kind, sequence))"""
             )
+            # Ledgers made before it counted adjustments get the column.
+            cur.execute(f"ALTER TABLE {s}.batches ADD COLUMN IF NOT EXISTS adjusted jsonb")
             cur.execute(
                 f"""CREATE TABLE IF NOT EXISTS {s}.rejections (
                     id bigserial PRIMARY KEY,
@@ -263,13 +274,20 @@ class PostgisStore:
                 (code, message, at, at, job_id),
             )
 
-    def seal_job(self, job_id: str, features_total: int, batches_total: int, at: datetime) -> None:
-        """Record the document's totals (idempotent)."""
+    def seal_job(
+        self,
+        job_id: str,
+        features_total: int,
+        batches_total: int,
+        at: datetime,
+        warnings: Sequence[str] = (),
+    ) -> None:
+        """Record the document's totals and warnings (idempotent)."""
         with self._tx() as cur:
             cur.execute(
                 f"""UPDATE {self.schema}.jobs SET features_total = %s, batches_total = %s,
-                    updated = %s WHERE job_id = %s""",
-                (features_total, batches_total, at, job_id),
+                    updated = %s, warnings = %s::jsonb WHERE job_id = %s""",
+                (features_total, batches_total, at, warnings_json(warnings), job_id),
             )
 
     def _select_jobs(self, where: str) -> str:
@@ -277,7 +295,12 @@ class PostgisStore:
         return f"""SELECT {_JOB_COLUMNS} FROM {s}.jobs j LEFT JOIN LATERAL (
                 SELECT sum(stored) AS stored, sum(repaired) AS repaired,
                        sum(rejected) AS rejected
-                FROM {s}.batches WHERE job_id = j.job_id) b ON true {where}"""
+                FROM {s}.batches WHERE job_id = j.job_id) b ON true
+            LEFT JOIN LATERAL (
+                SELECT jsonb_object_agg(k, n) AS adjusted FROM (
+                    SELECT e.key AS k, sum(e.value::bigint) AS n
+                    FROM {s}.batches x, jsonb_each_text(x.adjusted) e
+                    WHERE x.job_id = j.job_id GROUP BY e.key) y) a ON true {where}"""
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job with its counts, or None."""
@@ -341,11 +364,12 @@ class PostgisStore:
         )
         return cur.rowcount == 1
 
-    def write_batch(self, batch: feature_pb2.FeatureBatch) -> WriteOutcome:
+    def write_batch(self, batch: feature_pb2.FeatureBatch, part: str = "") -> WriteOutcome:
         """Store the batch's features in one transaction, exactly once."""
+        kind = features_kind(part)
         with self._tx() as cur:
             table = self._ensure_collection(cur, batch.collection)
-            if not self._claim(cur, batch.job_id, "features", batch.sequence):
+            if not self._claim(cur, batch.job_id, kind, batch.sequence):
                 return WriteOutcome(duplicate=True)
             payload = copy_payload(batch, self.srid)
             try:
@@ -355,12 +379,23 @@ class PostgisStore:
                     copy.write(payload)
                 stored = len(batch.features)
                 repaired = sum(1 for f in batch.features if is_repaired(f))
+                adjusted = adjusted_json(batch.features)
             except pg_errors.UniqueViolation:
                 stored, repaired = insert_new(cur, table, payload)
+                # Rows inserted by this transaction carry its start time, now().
+                cur.execute(
+                    f"""SELECT jsonb_object_agg(k, n)::text FROM (
+                        SELECT e->>'kind' AS k, count(DISTINCT t.id) AS n
+                        FROM {table} t, jsonb_array_elements(t.adjustments) e
+                        WHERE t.job_id = %s AND t.stored_at = now() GROUP BY 1) y""",
+                    (batch.job_id,),
+                )
+                (adjusted,) = cur.fetchone() or (None,)
             cur.execute(
-                f"""UPDATE {self.schema}.batches SET stored = %s, repaired = %s
-                WHERE job_id = %s AND kind = 'features' AND sequence = %s""",
-                (stored, repaired, batch.job_id, batch.sequence),
+                f"""UPDATE {self.schema}.batches SET stored = %s, repaired = %s,
+                    adjusted = %s::jsonb
+                WHERE job_id = %s AND kind = %s AND sequence = %s""",
+                (stored, repaired, adjusted, batch.job_id, kind, batch.sequence),
             )
             return WriteOutcome(duplicate=False, stored=stored, repaired=repaired)
 
@@ -447,5 +482,8 @@ def _job(row: tuple[Any, ...]) -> JobRecord:
         batches_total=row[12],
         message=row[13],
         code=row[14],
-        counts=derive_counts(features_total, int(row[15]), int(row[16]), int(row[17])),
+        counts=derive_counts(
+            features_total, int(row[15]), int(row[16]), int(row[17]), adjusted_value(row[18])
+        ),
+        warnings=warnings_value(row[19]),
     )

@@ -8,6 +8,8 @@ string id stays a string and a big integer id keeps every digit.
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from geobus.problems import reason_name
@@ -52,9 +54,7 @@ def adjustments_json(feature: feature_pb2.Feature) -> str | None:
     return json.dumps(
         [
             {
-                "kind": feature_pb2.AdjustmentKind.Name(a.kind)
-                .removeprefix("ADJUSTMENT_KIND_")
-                .lower(),
+                "kind": adjustment_name(a.kind),
                 "stage": a.stage,
                 "message": a.message,
             }
@@ -62,6 +62,40 @@ def adjustments_json(feature: feature_pb2.Feature) -> str | None:
         ],
         ensure_ascii=False,
     )
+
+
+def adjustment_name(kind: int) -> str:
+    """``ADJUSTMENT_KIND_ANTIMERIDIAN_CUT`` → ``antimeridian_cut``."""
+    return feature_pb2.AdjustmentKind.Name(kind).removeprefix("ADJUSTMENT_KIND_").lower()  # type: ignore[arg-type]
+
+
+def adjusted_json(features: Iterable[feature_pb2.Feature]) -> str | None:
+    """Features per adjustment kind as a JSON object (a feature counts once per kind)."""
+    counts: Counter[str] = Counter()
+    for feature in features:
+        counts.update({adjustment_name(a.kind) for a in feature.adjustments})
+    return json.dumps(dict(sorted(counts.items()))) if counts else None
+
+
+def warnings_json(warnings: Sequence[str]) -> str | None:
+    """A job's warnings as a JSON array, None when there are none."""
+    return json.dumps(list(warnings), ensure_ascii=False) if warnings else None
+
+
+def warnings_value(value: object) -> list[str]:
+    """The stored warnings (JSON text or already decoded) as a list."""
+    loaded = json.loads(value) if isinstance(value, str) else value
+    return [str(w) for w in loaded] if isinstance(loaded, list) else []
+
+
+def adjusted_value(value: object) -> dict[str, int]:
+    """The ledger's summed ``adjusted`` column (JSON text, a dict, or None) as a dict."""
+    if value is None:
+        return {}
+    loaded = json.loads(value) if isinstance(value, str) else value
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(k): int(v) for k, v in loaded.items()}
 
 
 def is_repaired(feature: feature_pb2.Feature) -> bool:

@@ -6,20 +6,17 @@ import asyncio
 import functools
 
 from geobus.broker import routing
-from geobus.broker.publisher import Publisher
-from geobus.broker.topology import Topology
-from geobus.runtime import Handler, run_stage, transform_handler
+from geobus.runtime import run_transform_stage
 from geobus.settings import Settings
 from geobus.validator.transform import STAGE, ValidationPolicy, validate
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Consume the validator queue until stopped."""
-    transform = functools.partial(validate, policy=ValidationPolicy.from_settings(settings))
-
-    def make_handler(publisher: Publisher, topology: Topology) -> Handler:
-        return transform_handler(
-            transform, publisher, topology, stage=STAGE, output_key=routing.FEATURE_VALIDATED
-        )
-
-    await run_stage(settings, STAGE, make_handler, stop)
+    policy = ValidationPolicy.from_settings(settings)
+    # A picklable factory (each worker process calls it once): it returns
+    # validate() bound to the policy.
+    factory = functools.partial(functools.partial, validate, policy=policy)
+    await run_transform_stage(
+        settings, STAGE, factory, output_key=routing.FEATURE_VALIDATED, stop=stop
+    )

@@ -26,13 +26,14 @@ from geobus.broker.topology import Topology
 from geobus.broker.wire import message_id
 from geobus.errors import MessageError
 from geobus.ingress.documents import job_document
-from geobus.runtime import Handler, run_stage
+from geobus.runtime import Handler, publish_result, run_stage
 from geobus.settings import Settings
 from geobus.signing import parse_secret
 from geobus.store import open_store
 from geobus.store.base import FeatureStore, JobRecord
 from geobus.v1 import feature_pb2, job_pb2, rejection_pb2
 from geobus.writer.callbacks import CallbackSender
+from geobus.writer.refusals import write_isolating
 
 STAGE = "writer"
 log = logging.getLogger(__name__)
@@ -62,14 +63,15 @@ class Writer:
     async def handle(self, payload: Message, _message: AbstractIncomingMessage) -> None:
         """Store one message's content; ack follows when this returns."""
         if isinstance(payload, feature_pb2.FeatureBatch):
-            await asyncio.to_thread(self.store.write_batch, payload)
-            await self.publisher.publish(
-                self.topology.features_exchange,
-                routing.FEATURE_STORED,
-                payload,
-                message_id=message_id(payload.job_id, routing.FEATURE_STORED, payload.sequence),
-                correlation_id=payload.job_id,
+            # What the database refuses is rejected feature by feature
+            # (stage "writer"), published with the stored ones before the ack.
+            result = await write_isolating(self.store, payload, STAGE)
+            await publish_result(
+                self.publisher,
+                self.topology,
+                result,
                 stage=STAGE,
+                output_key=routing.FEATURE_STORED,
             )
             job_id = payload.job_id
         elif isinstance(payload, rejection_pb2.RejectionBatch):
@@ -84,6 +86,7 @@ class Writer:
                 payload.sealed_at.ToDatetime(tzinfo=UTC)
                 if payload.HasField("sealed_at")
                 else datetime.now(UTC),
+                list(payload.warnings),
             )
             job_id = payload.job_id
         else:
@@ -107,6 +110,7 @@ class Writer:
                 repaired=counts.repaired,
                 rejected=counts.rejected,
                 stored=counts.stored,
+                adjusted=counts.adjusted,
             ),
             completed_at=finished,
         )

@@ -1,0 +1,1 @@
+"""What geobus is measured against: a bare drain endpoint and the reference pattern."""
