@@ -38,20 +38,18 @@ from geobus.store.base import (
     WriteOutcome,
     check_collection,
     check_identifier,
-    derive_counts,
     features_kind,
 )
 from geobus.store.pg_copy import COLUMNS, copy_payload, insert_new, lz4_clause
 from geobus.store.rows import (
     adjusted_json,
-    adjusted_value,
     feature_id_value,
     final_status,
     is_repaired,
+    job_from_row,
     rejection_rows,
     rejections_kind,
     warnings_json,
-    warnings_value,
 )
 from geobus.v1 import feature_pb2, rejection_pb2
 
@@ -465,25 +463,4 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 def _job(row: tuple[Any, ...]) -> JobRecord:
-    features_total = row[11]
-    return JobRecord(
-        job_id=row[0],
-        status=row[1],
-        collection=row[2],
-        created=_utc(row[3]),
-        started=_utc(row[4]),
-        finished=_utc(row[5]),
-        updated=_utc(row[6]),
-        source_uri=row[7],
-        media_type=row[8],
-        document_bytes=row[9],
-        callback_url=row[10],
-        features_total=features_total,
-        batches_total=row[12],
-        message=row[13],
-        code=row[14],
-        counts=derive_counts(
-            features_total, int(row[15]), int(row[16]), int(row[17]), adjusted_value(row[18])
-        ),
-        warnings=warnings_value(row[19]),
-    )
+    return job_from_row(row, _utc)

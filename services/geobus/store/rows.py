@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from geobus.problems import reason_name
-from geobus.store.base import FeatureIdValue
+from geobus.store.base import FeatureIdValue, JobRecord, derive_counts
 from geobus.v1 import feature_pb2, rejection_pb2
 
 _REPAIRED = feature_pb2.ADJUSTMENT_KIND_REPAIRED
@@ -144,3 +146,30 @@ def final_status(stored: int, features_total: int) -> tuple[str, str | None, str
     if stored == 0 and features_total > 0:
         return "failed", "no_feature_stored", NO_FEATURE_STORED
     return "successful", None, None
+
+
+def job_from_row(row: Sequence[Any], moment: Callable[[Any], datetime | None]) -> JobRecord:
+    """A JobRecord from the ledger's job query (same column order in both stores);
+    ``moment`` turns the store's timestamp values into aware datetimes."""
+    features_total = row[11]
+    return JobRecord(
+        job_id=row[0],
+        status=row[1],
+        collection=row[2],
+        created=moment(row[3]),
+        started=moment(row[4]),
+        finished=moment(row[5]),
+        updated=moment(row[6]),
+        source_uri=row[7],
+        media_type=row[8],
+        document_bytes=row[9],
+        callback_url=row[10],
+        features_total=features_total,
+        batches_total=row[12],
+        message=row[13],
+        code=row[14],
+        counts=derive_counts(
+            features_total, int(row[15]), int(row[16]), int(row[17]), adjusted_value(row[18])
+        ),
+        warnings=warnings_value(row[19]),
+    )
