@@ -330,6 +330,8 @@ def test_a_batch_the_store_refuses_is_replayed_once_fixed(
 
 # -- killed stages ------------------------------------------------------------------------
 
+# Batches waiting for the stage before it starts (us-counties in batches of 5: 647).
+BACKLOG = 100
 DOWNSTREAM = {"validator": ("reprojector", "writer"), "reprojector": ("writer",), "writer": ()}
 
 
@@ -339,11 +341,21 @@ def test_kill_9_mid_job_then_restart_loses_and_duplicates_nothing(
 ) -> None:
     """SIGKILL a stage while it holds work, restart it: stored + rejected = input, no duplicate."""
     pipeline.env["GEOBUS_DATABASE_URL"] = fresh_pg_url
-    pipeline.env["GEOBUS_BATCH_MAX_FEATURES"] = "25"
-    pipeline.start_all()
-    job_id = post(pipeline, COUNTIES)
+    # Small batches and a backlog built up before the stage starts: the stage
+    # is then certainly mid-job when it is killed, however fast the machine.
+    pipeline.env["GEOBUS_BATCH_MAX_FEATURES"] = "5"
     name = f"{stage}-1"
+    for other in ("validator", "reprojector", "writer"):
+        if other != stage:
+            pipeline.start(f"{other}-1", "worker", other)
+    pipeline.start("ingress", "ingress")
+    pipeline.wait_ready()
+    job_id = post(pipeline, COUNTIES)
     deadline = time.monotonic() + 120
+    while queue_depths(pipeline)[stage] < BACKLOG:
+        assert time.monotonic() < deadline, f"no backlog for the {stage}: {queue_depths(pipeline)}"
+        time.sleep(0.05)
+    pipeline.start(name, "worker", stage)
     while True:
         depths = queue_depths(pipeline)
         document = job(pipeline, job_id) or {"counts": {"stored": 0}}
