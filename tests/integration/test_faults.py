@@ -419,7 +419,7 @@ def _rabbitmqctl(*args: str) -> None:
 def test_rabbitmq_restart_mid_job(pipeline: Pipeline, fresh_pg_url: str) -> None:
     """stop_app / start_app mid-job: consumers come back by themselves; the job completes."""
     pipeline.env["GEOBUS_DATABASE_URL"] = fresh_pg_url
-    pipeline.env["GEOBUS_BATCH_MAX_FEATURES"] = "25"
+    pipeline.env["GEOBUS_BATCH_MAX_FEATURES"] = "5"  # 647 batches: a wide mid-job window
     pipeline.start_all()
     job_id = post(pipeline, COUNTIES)
     before = mid_job(pipeline, job_id)
@@ -445,7 +445,7 @@ def test_rabbitmq_restart_mid_job(pipeline: Pipeline, fresh_pg_url: str) -> None
 def test_postgresql_away_for_30_s_mid_job(pipeline: Pipeline, fresh_pg_url: str) -> None:
     """PostgreSQL stopped 30 s mid-job: writes wait in the retry queues, the job completes after."""
     pipeline.env["GEOBUS_DATABASE_URL"] = fresh_pg_url
-    pipeline.env["GEOBUS_BATCH_MAX_FEATURES"] = "25"
+    pipeline.env["GEOBUS_BATCH_MAX_FEATURES"] = "5"  # 647 batches: a wide mid-job window
     # Shorter than the defaults (1, 5, 30, 120, 600 s) so that the test takes
     # a minute, long enough that no batch runs out of its 6 attempts in 30 s.
     pipeline.env["GEOBUS_RETRY_DELAYS"] = "1,5,15,30,60"
