@@ -43,6 +43,7 @@ from geobus.store.rows import (
     final_status,
     is_repaired,
     job_from_row,
+    job_row,
     rejection_rows,
     rejections_kind,
     warnings_json,
@@ -207,7 +208,6 @@ class GeoPackageStore:
 
     def create_job(self, job: JobRecord) -> None:
         """Insert the job unless its id exists."""
-        now = datetime.now(UTC)
         with self._tx() as conn:
             conn.execute(
                 """INSERT INTO geobus_jobs (job_id, status, collection, created, started,
@@ -215,23 +215,7 @@ class GeoPackageStore:
                     features_total, batches_total, message, code)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (job_id) DO NOTHING""",
-                (
-                    job.job_id,
-                    job.status,
-                    job.collection,
-                    timestamp(job.created or now),
-                    timestamp(job.started),
-                    timestamp(job.finished),
-                    timestamp(job.updated or job.created or now),
-                    job.source_uri,
-                    job.media_type,
-                    job.document_bytes,
-                    job.callback_url,
-                    job.features_total,
-                    job.batches_total,
-                    job.message,
-                    job.code,
-                ),
+                job_row(job, timestamp),
             )
 
     def mark_running(self, job_id: str, at: datetime) -> None:

@@ -47,6 +47,7 @@ from geobus.store.rows import (
     final_status,
     is_repaired,
     job_from_row,
+    job_row,
     rejection_rows,
     rejections_kind,
     warnings_json,
@@ -225,7 +226,6 @@ class PostgisStore:
 
     def create_job(self, job: JobRecord) -> None:
         """Insert the job unless its id exists."""
-        now = datetime.now(UTC)
         with self._tx() as cur:
             cur.execute(
                 f"""INSERT INTO {self.schema}.jobs (job_id, status, collection, created, started,
@@ -233,23 +233,7 @@ class PostgisStore:
                     features_total, batches_total, message, code)
                 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (job_id) DO NOTHING""",
-                (
-                    job.job_id,
-                    job.status,
-                    job.collection,
-                    job.created or now,
-                    job.started,
-                    job.finished,
-                    job.updated or job.created or now,
-                    job.source_uri,
-                    job.media_type,
-                    job.document_bytes,
-                    job.callback_url,
-                    job.features_total,
-                    job.batches_total,
-                    job.message,
-                    job.code,
-                ),
+                job_row(job, lambda moment: moment),
             )
 
     def mark_running(self, job_id: str, at: datetime) -> None:

@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from geobus.problems import reason_name
@@ -172,4 +172,27 @@ def job_from_row(row: Sequence[Any], moment: Callable[[Any], datetime | None]) -
             features_total, int(row[15]), int(row[16]), int(row[17]), adjusted_value(row[18])
         ),
         warnings=warnings_value(row[19]),
+    )
+
+
+def job_row(job: JobRecord, moment: Callable[[datetime | None], Any]) -> tuple[Any, ...]:
+    """The values of a new job's ledger row, in the column order of both stores'
+    INSERT; ``moment`` turns datetimes into what the store keeps."""
+    now = datetime.now(UTC)
+    return (
+        job.job_id,
+        job.status,
+        job.collection,
+        moment(job.created or now),
+        moment(job.started),
+        moment(job.finished),
+        moment(job.updated or job.created or now),
+        job.source_uri,
+        job.media_type,
+        job.document_bytes,
+        job.callback_url,
+        job.features_total,
+        job.batches_total,
+        job.message,
+        job.code,
     )
