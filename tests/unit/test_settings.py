@@ -76,4 +76,4 @@ def test_settings_are_frozen() -> None:
 
 def test_readme_configuration_table_is_current() -> None:
     """The README's configuration table is the one generated from the settings."""
-    assert config_table() in README.read_text(encoding="utf-8")
+    assert config_table() in README.read_text(encoding="utf-8"), "run scripts/update-readme-config"
