@@ -17,8 +17,8 @@ from typing import Any
 
 import httpx
 
-from bench import harness
-from bench.probe import Probe
+from bench import documents, harness
+from bench.probe import Probe, histogram_delta, histograms
 
 Result = dict[str, Any]
 
@@ -46,11 +46,20 @@ def geobus(
         httpx.Client(timeout=1800) as client,
     ):
         harness.warm(client, base)
+        harness.warm_job(
+            client,
+            base + "/v1/features",
+            lambda document: f"{base}/v1/jobs/{document['jobID']}",
+            documents.small(),
+            {"collection": "warmup"},
+        )
         for r in range(repeat):
             cpu0, pg0 = group.cpu(), harness.postgres_cpu_seconds()
             mq0 = harness.rabbitmq_cpu_seconds()
             probe = Probe(base, probe_doc) if probe_doc is not None and r == 0 else None
+            metrics_before = {}
             if probe is not None:
+                metrics_before = histograms(client, base)
                 probe.start()
             t0, ack, document = harness.timed_post(
                 client,
@@ -61,6 +70,7 @@ def geobus(
             done, final = harness.wait_job(client, f"{base}/v1/jobs/{document['jobID']}")
             if probe is not None:
                 probe_result = probe.stop()
+                probe_result.update(histogram_delta(metrics_before, histograms(client, base)))
             cpu1, pg1 = group.cpu(), harness.postgres_cpu_seconds()
             mq1 = harness.rabbitmq_cpu_seconds()
             counts = final.get("counts", {})
@@ -129,6 +139,13 @@ def reference(name: str, path: Path, pg_url: str, workdir: Path, repeat: int) ->
         httpx.Client(timeout=1800) as client,
     ):
         harness.warm(client, base)
+        harness.warm_job(
+            client,
+            base + "/features",
+            lambda document: f"{base}/jobs/{document['job_id']}",
+            documents.small(),
+            {"table": "ref_warmup"},
+        )
         for r in range(repeat):
             cpu0, pg0 = group.cpu(), harness.postgres_cpu_seconds()
             t0, ack, document = harness.timed_post(

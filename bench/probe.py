@@ -4,14 +4,18 @@ Open loop: each request is sent at its scheduled moment on its own task, so a
 slow answer does not delay the next request (no coordinated omission). Two
 streams: 1 KB ``POST /v1/features`` (what a webhook sender sees) and
 ``GET /healthz`` (the ingress's event loop seen from outside: a request that
-does no work waits only for the loop). True event-loop lag needs a probe
-inside the ingress; that is left for the metrics work.
+does no work waits only for the loop). The event-loop lag itself comes from
+the ingress's own probe (a task that sleeps 50 ms and records how late it
+woke): :func:`loop_lag` reads its histogram ``geobus_event_loop_lag_seconds``
+from ``GET /metrics`` before and after the job and keeps the difference.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import subprocess
 import sys
 import threading
@@ -23,6 +27,65 @@ import httpx
 
 POST_RATE = 20.0  # 1 KB POSTs per second
 HEALTH_RATE = 50.0  # GET /healthz per second
+# Histograms of the ingress's GET /metrics read around the probed job.
+HISTOGRAMS = {
+    "loop_lag": "geobus_event_loop_lag_seconds",
+    # POST /v1/features inside the ingress: arrival to 202.
+    "accept": "geobus_ingress_accept_seconds",
+}
+
+
+def histograms(client: httpx.Client, base: str) -> dict[str, dict[float, float]]:
+    """The ingress's cumulative :data:`HISTOGRAMS` (upper bound → count); {} without /metrics."""
+    response = client.get(base + "/metrics")
+    if response.status_code != 200:
+        return {}
+    out = {}
+    for key, metric in HISTOGRAMS.items():
+        pattern = re.escape(metric) + r'_bucket\{le="([^"]+)"\} ([0-9.e+]+)'
+        buckets = {float(le): float(n) for le, n in re.findall(pattern, response.text)}
+        if buckets:
+            out[key] = buckets
+    return out
+
+
+def histogram_delta(
+    before: dict[str, dict[float, float]], after: dict[str, dict[float, float]]
+) -> dict[str, dict[str, float]]:
+    """:func:`quantiles` of each histogram read both times."""
+    return {k: quantiles(before[k], after[k]) for k in after if k in before}
+
+
+def quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Samples, p50, p99 and max (ms) of what a histogram gained between two readings.
+
+    Quantiles are interpolated inside their bucket as Prometheus's
+    ``histogram_quantile`` does; the max is the upper bound of the highest
+    bucket that gained a sample (the histogram keeps nothing finer).
+    """
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]  # cumulative
+    total = counts[-1] if counts else 0.0
+    out: dict[str, float] = {"samples": total}
+    if total <= 0:
+        return out
+    for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
+        rank = q * total
+        i = next(i for i, c in enumerate(counts) if c >= rank)
+        low = bounds[i - 1] if i else 0.0
+        high = bounds[i]
+        below = counts[i - 1] if i else 0.0
+        inside = counts[i] - below
+        if math.isinf(high):
+            value = low
+        else:
+            value = low + (high - low) * ((rank - below) / inside if inside else 1.0)
+        out[name] = value * 1000
+    gained = [b for i, b in enumerate(bounds) if counts[i] > (counts[i - 1] if i else 0.0)]
+    top = gained[-1]
+    out["max_ms"] = (bounds[-2] if math.isinf(top) and len(bounds) > 1 else top) * 1000
+    out["max_above_ms"] = float(math.isinf(top))
+    return out
 
 
 class Probe:
@@ -75,11 +138,17 @@ class Sampler:
         }
 
     async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        # One connection pool per stream: slow POSTs holding every connection
+        # must not make the /healthz stream wait for one (that would time
+        # the client's pool, not the ingress).
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        async with (
+            httpx.AsyncClient(timeout=60, limits=limits) as posts,
+            httpx.AsyncClient(timeout=60, limits=limits) as gets,
+        ):
             await asyncio.gather(
-                self._stream(client, "post", POST_RATE),
-                self._stream(client, "healthz", HEALTH_RATE),
+                self._stream(posts, "post", POST_RATE),
+                self._stream(gets, "healthz", HEALTH_RATE),
             )
 
     async def _stream(self, client: httpx.AsyncClient, kind: str, rate: float) -> None:

@@ -36,6 +36,9 @@ CODEC_QUICK = ("countries-maritime-10m",)
 ACK_SMALL = {"1 KB": "bench-1kb", "1 MB": "countries-land-10km"}
 ACK_SMALL_REPEAT = 10  # small bodies are cheap: more samples for a stable median
 SECTIONS = ("ack", "e2e", "floor", "scaling", "codec")
+# Not in a default run (``scaling`` measures it too): the largest document
+# once, with the small-request probe, to try a change to the ingress cheaply.
+EXTRA_SECTIONS = ("probe",)
 
 
 def log(message: str) -> None:
@@ -72,7 +75,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     quick: bool = args.quick
     repeat: int = 1 if quick else args.repeat
     sections: list[str] = args.only or list(SECTIONS)
-    e2e_names = E2E_QUICK if quick else E2E_FULL
+    e2e_names = tuple(args.datasets or (E2E_QUICK if quick else E2E_FULL))
     scaling_names = SCALING_QUICK if quick else SCALING_FULL
     results: dict[str, Any] = {
         "machine": report.machine(),
@@ -120,19 +123,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             results["e2e"] = {}
             for name in e2e_names:
                 path = documents.path(name)
+                contenders: dict[str, tuple[Callable[..., Any], tuple[Any, ...]]] = {
+                    "geobus": (e2e.geobus, (pg_url, work / f"e2e-{name}", repeat)),
+                    "ogr2ogr": (e2e.ogr2ogr, (pg_url, repeat)),
+                    "reference": (e2e.reference, (pg_url, work / f"ref-{name}", repeat)),
+                }
                 results["e2e"][name] = {
-                    "geobus": step(
-                        f"e2e geobus {name}", e2e.geobus, name, path, pg_url,
-                        work / f"e2e-{name}", repeat,
-                    ),
-                    "ogr2ogr": step(
-                        f"e2e ogr2ogr {name}", e2e.ogr2ogr, name, path, pg_url, repeat
-                    ),
-                    "reference": step(
-                        f"e2e reference {name}", e2e.reference, name, path, pg_url,
-                        work / f"ref-{name}", repeat,
-                    ),
-                }  # fmt: skip
+                    who: step(f"e2e {who} {name}", fn, name, path, *rest)
+                    for who, (fn, rest) in contenders.items()
+                    if who in (args.contenders or contenders)
+                }
         if "floor" in sections:
             results["floor"] = {
                 name: step(f"floor {name}", floor, name, repeat)
@@ -150,6 +150,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         pg_url, work / f"scale-{name}-{replicas}", repeat,
                         replicas=replicas, probe_doc=probe,
                     )  # fmt: skip
+        if "probe" in sections and "scaling" not in sections:
+            name = scaling_names[-1]
+            results["scaling"] = {
+                f"{name} x1": step(
+                    f"probe {name}", e2e.geobus, name, documents.path(name), pg_url,
+                    work / f"probe-{name}", 1, probe_doc=documents.small(),
+                )
+            }  # fmt: skip
     if "codec" in sections:
         results["codec"] = {
             name: step(f"codec {name}", codec, name)
@@ -196,7 +204,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="1 repetition, fewer datasets")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run only these sections")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS + EXTRA_SECTIONS,
+        help="run only these sections (probe: the largest document once, with the probe)",
+    )
+    parser.add_argument(
+        "--contenders",
+        nargs="+",
+        choices=("geobus", "ogr2ogr", "reference"),
+        help="end-to-end contenders to run (default: all three)",
+    )
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        metavar="NAME",
+        help="end-to-end and floor datasets instead of the default ones",
+    )
     parser.add_argument("--out", type=Path, default=harness.REPO_ROOT / "bench" / "results")
     parser.add_argument("--keep-logs", type=Path, help="keep process logs in this directory")
     parser.add_argument(
@@ -248,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     results["suite_s"] = round(time.perf_counter() - started, 1)
     markdown = report.markdown(results)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "quick" if args.quick else "latest"
+    # A partial run must not replace the full results.
+    partial = args.only or args.datasets or args.contenders
+    stem = "quick" if args.quick else "partial" if partial else "latest"
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / f"{stem}.md").write_text(markdown)
     plot.plot(results, args.out / f"{stem}.png")

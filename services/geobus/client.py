@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from geobus.codec.convert import framing_for_path
+from geobus.progress import Progress
 
 FINAL = frozenset({"successful", "failed", "dismissed"})
 _MEDIA = {
@@ -21,27 +23,16 @@ _MEDIA = {
 CHUNK = 1 << 20
 
 
-class Progress:
-    """A one-line progress display on stderr when it is a terminal, silent otherwise."""
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """The ingress's answer to a POST of a document."""
 
-    def __init__(self, label: str, total: int) -> None:
-        self.label = label
-        self.total = max(total, 1)
-        self.enabled = sys.stderr.isatty()
-
-    def show(self, done: float) -> None:
-        """Redraw the line at ``done`` out of ``total``."""
-        if not self.enabled:
-            return
-        share = min(done / self.total, 1.0)
-        bar = "#" * int(share * 30)
-        sys.stderr.write(f"\r{self.label} [{bar:<30}] {share:6.1%}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        """End the line."""
-        if self.enabled:
-            sys.stderr.write("\n")
+    document: dict[str, Any]
+    """The job document."""
+    seconds: float
+    """From the first byte sent to the answer."""
+    replayed: bool = False
+    """True when the idempotency key was known: the document is the first job's."""
 
 
 def media_type_for(path: Path) -> str:
@@ -68,8 +59,17 @@ def send(
     collection: str | None = None,
     media_type: str | None = None,
     params: dict[str, str] | None = None,
-) -> tuple[dict[str, Any], float]:
-    """POST ``path``; return the job document and the seconds until the 202."""
+    secret: str | None = None,
+    idempotency_key: str | None = None,
+) -> Sent:
+    """POST ``path``; return the job document and the seconds until the answer.
+
+    With a ``secret`` (``whsec_…``) the request carries Standard Webhooks
+    signature headers (the file is read once more for the signature). An
+    ``idempotency_key`` makes a resend safe: it is the ``webhook-id`` of a
+    signed request, the ``Idempotency-Key`` of an unsigned one, and a resend
+    that the ingress already accepted gets the first job (200) back.
+    """
     query = dict(params or {})
     if collection:
         query["collection"] = collection
@@ -77,17 +77,43 @@ def send(
         "Content-Type": media_type or media_type_for(path),
         "Content-Length": str(path.stat().st_size),
     }
-    progress = Progress(f"upload {path.name}", path.stat().st_size)
+    if secret:
+        headers.update(signature_headers(secret, path, message_id=idempotency_key))
+    elif idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    progress = Progress(f"upload {path.name}", path.stat().st_size, in_bytes=True)
     started = time.perf_counter()
     with httpx.Client(base_url=base_url, timeout=httpx.Timeout(60.0, read=300.0)) as client:
         response = client.post(
             "/v1/features", content=_chunks(path, progress), headers=headers, params=query
         )
     elapsed = time.perf_counter() - started
-    if response.status_code != httpx.codes.ACCEPTED:
+    # 200: a resend with a key the ingress knows, answered with the first job.
+    if response.status_code not in (httpx.codes.ACCEPTED, httpx.codes.OK):
         raise RequestFailedError(response)
     document: dict[str, Any] = response.json()
-    return document, elapsed
+    return Sent(document, elapsed, replayed=response.status_code == httpx.codes.OK)
+
+
+def signature_headers(secret: str, path: Path, *, message_id: str | None = None) -> dict[str, str]:
+    """Standard Webhooks headers signing the file at ``path`` with ``secret``, now."""
+    from geobus.errors import ConfigurationError
+    from geobus.signing import parse_secret, sign
+
+    try:
+        key = parse_secret(secret)
+    except ValueError as exc:  # the message never holds the secret
+        raise ConfigurationError(f"cannot sign: {exc}") from None
+    message_id = message_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time())
+    with path.open("rb") as f:
+        chunks = iter(lambda: f.read(CHUNK), b"")
+        signature = sign(key, message_id, timestamp, chunks)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+    }
 
 
 def job(base_url: str, job_id: str) -> dict[str, Any]:
@@ -101,9 +127,17 @@ def job(base_url: str, job_id: str) -> dict[str, Any]:
 
 
 def wait(
-    base_url: str, job_id: str, *, poll_s: float = 0.25, timeout_s: float = 3600
+    base_url: str,
+    job_id: str,
+    *,
+    poll_s: float = 0.25,
+    timeout_s: float = 3600,
 ) -> dict[str, Any]:
-    """Follow the job until it is final; show its progress; return the last document."""
+    """Follow the job until it is final; return the last document.
+
+    Its ``progress`` is drawn on stderr when that is a terminal; TimeoutError
+    after ``timeout_s``.
+    """
     progress = Progress(f"job {job_id[:8]}", 100)
     deadline = time.monotonic() + timeout_s
     with httpx.Client(base_url=base_url, timeout=30.0) as client:
@@ -113,7 +147,7 @@ def wait(
                 progress.close()
                 raise RequestFailedError(response)
             document: dict[str, Any] = response.json()
-            progress.show(document.get("progress") or 0)
+            progress.show(document.get("progress") or 0, str(document.get("status", "")))
             if document.get("status") in FINAL:
                 progress.close()
                 return document
@@ -128,6 +162,7 @@ class RequestFailedError(Exception):
     """The ingress answered with an error; carries its problem document."""
 
     def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
         try:
             self.problem: dict[str, Any] = response.json()
         except ValueError:

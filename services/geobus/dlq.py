@@ -15,10 +15,14 @@ A replay republishes the dead letter to where it was first published
 (:func:`geobus.broker.redelivery.replay_copy`) on a confirming publisher and
 acks the dead letter only after the broker confirmed the copy: a failed
 replay leaves it where it was.
+
+The admin HTTP endpoints (:mod:`geobus.ingress.admin`) call these same
+functions, one at a time and bounded in time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -38,6 +42,9 @@ from geobus.codec.geojson import feature_texts
 from geobus.errors import ConfigurationError, GeobusError, TransientError
 from geobus.settings import Settings
 from geobus.v1 import feature_pb2
+
+CONNECT_TIMEOUT = 10.0
+"""Seconds to wait for the broker to accept a connection."""
 
 Visit = Callable[[AbstractIncomingMessage, str], Awaitable[bool]]
 """Called per dead letter with its stage; True when it was settled (acked) by the visitor."""
@@ -64,7 +71,7 @@ def stages_of(stage: str | None) -> tuple[str, ...]:
 @contextlib.asynccontextmanager
 async def _channel(settings: Settings) -> AsyncIterator[AbstractChannel]:
     try:
-        connection = await aio_pika.connect(settings.amqp_url)
+        connection = await aio_pika.connect(settings.amqp_url, timeout=CONNECT_TIMEOUT)
     except (AMQPError, OSError) as exc:
         msg = f"cannot connect to RabbitMQ: {exc}"
         raise TransientError(msg) from exc
@@ -130,7 +137,9 @@ async def show(
 
     async def pick(message: AbstractIncomingMessage, stage: str) -> bool:
         if message.message_id == message_id:
-            found.append(deadletters.show_document(message, stage))
+            # Decoding and summarising thousands of geometries is CPU work:
+            # off the event loop, which may be serving the ingress.
+            found.append(await asyncio.to_thread(deadletters.show_document, message, stage))
         return False
 
     async with _channel(settings) as channel:

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from geobus.errors import GeobusError
+from geobus import exitcodes
 from geobus.settings import Settings
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_OK = exitcodes.OK
+EXIT_FAILED = exitcodes.FAILED
+EXIT_USAGE = exitcodes.USAGE
+EXIT_NOT_FOUND = exitcodes.NOT_FOUND
 
 
 def register(commands: Any) -> None:
@@ -40,6 +41,7 @@ def register(commands: Any) -> None:
     export = sub.add_parser("export", help="dead-lettered features as a GeoJSON file")
     export.add_argument("--stage", choices=_stages())
     export.add_argument("--geojson", required=True, metavar="FILE")
+    export.add_argument("--json", action="store_true")
     export.set_defaults(run=_export)
 
     replay = sub.add_parser("replay", help="republish dead letters to where they came from")
@@ -53,6 +55,7 @@ def register(commands: Any) -> None:
     purge = sub.add_parser("purge", help="delete dead letters for good")
     purge.add_argument("--stage", choices=_stages())
     purge.add_argument("--yes", action="store_true", help="really delete them")
+    purge.add_argument("--json", action="store_true")
     purge.set_defaults(run=_purge)
 
 
@@ -62,11 +65,8 @@ def _stages() -> tuple[str, ...]:
 
 
 def _guarded(args: argparse.Namespace, settings: Settings, work: Any) -> int:
-    try:
-        code: int = asyncio.run(work(args, settings))
-    except GeobusError as exc:
-        print(f"geobus dlq {args.dlq_command}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    # Errors (RabbitMQ unreachable: exit 3, ...) become exit codes in geobus.cli.main.
+    code: int = asyncio.run(work(args, settings))
     return code
 
 
@@ -94,7 +94,7 @@ def _show(args: argparse.Namespace, settings: Settings) -> int:
         found = await dlq.show(settings, args.message_id, args.stage)
         if not found:
             print(f"geobus dlq show: no dead letter {args.message_id!r}", file=sys.stderr)
-            return EXIT_FAILED
+            return EXIT_NOT_FOUND
         if args.json:
             print(json.dumps(found[0] if len(found) == 1 else found))
             return EXIT_OK
@@ -148,6 +148,9 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
         from geobus import dlq
 
         counts = await dlq.export_geojson(settings, Path(args.geojson), args.stage)
+        if args.json:
+            print(json.dumps(counts))
+            return EXIT_OK
         print(
             f"{counts['features']} feature(s) from {counts['batches']} batch(es) written to"
             f" {args.geojson}; {counts['other_messages']} dead letter(s) without features"
@@ -171,7 +174,7 @@ def _replay(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"NOT replayed {ident}: {error}", file=sys.stderr)
         if not report.replayed and not report.failed and not args.all:
             print(f"geobus dlq replay: no dead letter {args.message_id!r}", file=sys.stderr)
-            return EXIT_FAILED
+            return EXIT_NOT_FOUND
         return EXIT_FAILED if report.failed else EXIT_OK
 
     return _guarded(args, settings, work)
@@ -185,7 +188,11 @@ def _purge(args: argparse.Namespace, settings: Settings) -> int:
     async def work(args: argparse.Namespace, settings: Settings) -> int:
         from geobus import dlq
 
-        for stage, count in (await dlq.purge(settings, args.stage)).items():
+        purged = await dlq.purge(settings, args.stage)
+        if args.json:
+            print(json.dumps(purged))
+            return EXIT_OK
+        for stage, count in purged.items():
             print(f"{stage}: {count} dead letter(s) purged")
         return EXIT_OK
 

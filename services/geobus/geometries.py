@@ -23,6 +23,9 @@ ObjectArray = npt.NDArray[np.object_]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.intp]
 FloatArray = npt.NDArray[np.float64]
+# Most decimal digits coordinates may be snapped to (GEOBUS_PRECISION, the
+# `precision` request parameter): a double holds 15-17 significant digits.
+MAX_PRECISION = 15
 
 
 def decode(batch: feature_pb2.FeatureBatch) -> tuple[ObjectArray, BoolArray]:

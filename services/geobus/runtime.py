@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from aio_pika.abc import AbstractIncomingMessage
 from google.protobuf.message import Message
 
+from geobus import logs, metrics
 from geobus.broker import routing
 from geobus.broker.consumer import Redelivery, run_consumer
 from geobus.broker.publisher import Publisher
@@ -106,8 +107,14 @@ def transform_handler(
         if not isinstance(payload, feature_pb2.FeatureBatch):
             msg = f"the {stage} takes geobus.v1.FeatureBatch, not {payload.DESCRIPTOR.full_name}"
             raise MessageError(msg)
-        result = await runner(payload)
-        await publish_result(publisher, topology, result, stage=stage, output_key=output_key)
+        with logs.bind(batch=payload.sequence):
+            started = metrics.now()
+            result = await runner(payload)
+            # Counted here, from the result the worker process sent back.
+            metrics.observe_batch(
+                stage, payload, result.batch, result.rejections, metrics.now() - started
+            )
+            await publish_result(publisher, topology, result, stage=stage, output_key=output_key)
 
     return handle
 
@@ -151,8 +158,10 @@ async def run_stage(
 ) -> None:
     """Declare the topology, connect, and consume the stage's queue until ``stop`` is set."""
     stop = stop or stop_on_signals()
+    # Declared (or, GEOBUS_DECLARE_TOPOLOGY=false, checked) once, not again
+    # on the publisher's connection.
     topology = await declare_from_settings(settings)
-    publisher = await Publisher.connect(settings.amqp_url, topology)
+    publisher = await Publisher.connect(settings.amqp_url, topology, declare_topology=False)
     try:
         log.info("%s consuming %s", stage, topology.stage_queue(stage))
         await run_consumer(

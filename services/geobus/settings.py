@@ -23,13 +23,18 @@ T = TypeVar("T")
 
 _RETRY_DELAYS: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0, 600.0)
 _NO_NETWORKS: tuple[IPv4Network | IPv6Network, ...] = ()
+_NO_SECRETS: tuple[str, ...] = ()
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+# RFC 6750's b64token: what fits an Authorization header without quoting.
+_TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+ADMIN_TOKEN_MIN = 32
 
 
 def _url(value: str, schemes: tuple[str, ...]) -> str:
     scheme = urlsplit(value).scheme
     if scheme not in schemes:
-        msg = f"expected a URL with scheme {' or '.join(schemes)}, got {value!r}"
+        # redact: the message is printed, and the URL may hold a password.
+        msg = f"expected a URL with scheme {' or '.join(schemes)}, got {redact(value)!r}"
         raise ValueError(msg)
     return value
 
@@ -44,7 +49,7 @@ def _database_url(value: str) -> str:
         return value
     path = value.removeprefix("gpkg:")
     if not path.endswith(".gpkg"):
-        msg = f"expected postgresql://… or a path ending in .gpkg, got {value!r}"
+        msg = f"expected postgresql://… or a path ending in .gpkg, got {redact(value)!r}"
         raise ValueError(msg)
     return path
 
@@ -70,6 +75,18 @@ def _port(value: str) -> int:
         msg = f"expected a TCP port 1-65535, got {value!r}"
         raise ValueError(msg)
     return number
+
+
+def _port_or_zero(value: str) -> int:
+    return 0 if value.strip() == "0" else _port(value)
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        msg = f"expected DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}"
+        raise ValueError(msg)
+    return level
 
 
 def _delays(value: str) -> tuple[float, ...]:
@@ -141,6 +158,14 @@ def _digits(value: str) -> int:
     return number
 
 
+def _magnitude(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        msg = f"expected a positive finite number such as 1e308, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in allowed:
@@ -164,6 +189,36 @@ def _webhook_secret(value: str) -> str:
     from geobus.signing import parse_secret
 
     parse_secret(value)
+    return value
+
+
+def _webhook_secrets(value: str) -> tuple[str, ...]:
+    """Comma- or space-separated ``whsec_…`` secrets (several while one rotates)."""
+    secrets = tuple(part for part in re.split(r"[\s,]+", value) if part)
+    for secret in secrets:
+        _webhook_secret(secret)  # its message never echoes the secret
+    return secrets
+
+
+def _byte_count(value: str) -> int:
+    """A positive number of bytes, optionally with a binary suffix: 512KiB, 1MiB, 2GiB."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMG]iB)?\s*", value)
+    if match is None or int(match[1]) <= 0:
+        msg = f"expected a positive number of bytes (optionally KiB, MiB or GiB), got {value!r}"
+        raise ValueError(msg)
+    scale = {None: 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[match[2]]
+    return int(match[1]) * scale
+
+
+def _admin_token(value: str) -> str:
+    # The message must never echo the value: it is a secret.
+    if len(value) < ADMIN_TOKEN_MIN or not _TOKEN_RE.fullmatch(value):
+        msg = (
+            f"expected at least {ADMIN_TOKEN_MIN} characters of A-Z a-z 0-9 - . _ ~ + / ="
+            f" (an RFC 6750 bearer token, e.g. from `openssl rand -hex 32`);"
+            f" got {len(value)} characters"
+        )
+        raise ValueError(msg)
     return value
 
 
@@ -192,9 +247,47 @@ class Settings:
     prefix: str = _setting(
         "geobus", _prefix, "Prefix of every exchange and queue name (tenants and tests)"
     )
+    declare_topology: bool = _setting(
+        True,
+        _boolean,
+        "Each service declares the exchanges and queues at start-up; false: it only checks"
+        " (passively) that they exist, for least-privilege RabbitMQ users (run `geobus"
+        " topology` once as a user that may configure them)",
+    )
     target_crs: str = _setting("EPSG:4326", _crs, "CRS the features are stored in")
     http_host: str = _setting("127.0.0.1", str, "Address the ingress listens on")
     http_port: int = _setting(8080, _port, "Port the ingress listens on")
+    webhook_secrets: tuple[str, ...] = _setting(
+        _NO_SECRETS,
+        _webhook_secrets,
+        "Standard Webhooks secrets (whsec_…, comma- or space-separated; several while one"
+        " rotates) that POST /v1/features requests must be signed with; unset: unsigned requests"
+        " are accepted, and only on a loopback address unless GEOBUS_ALLOW_UNSIGNED is set",
+        secret=True,
+    )
+    webhook_tolerance: int = _setting(
+        300,
+        _positive_int,
+        "Seconds a signed request's webhook-timestamp may be away from the ingress's clock",
+    )
+    allow_unsigned: bool = _setting(
+        False,
+        _boolean,
+        "Let the ingress listen on a non-loopback address without GEOBUS_WEBHOOK_SECRETS"
+        " (anyone who reaches it can submit jobs)",
+    )
+    max_body_bytes: int = _setting(
+        1024**3,
+        _byte_count,
+        "Largest request body the ingress takes, as sent (413 from Content-Length before"
+        " reading, or as soon as a streamed body passes it); e.g. 1GiB",
+    )
+    max_document_bytes: int = _setting(
+        2 * 1024**3,
+        _byte_count,
+        "Largest document once its Content-Encoding is removed, counted while it streams (a"
+        " gzip bomb is cut off with 413 as soon as it passes it)",
+    )
     callback_secret: str = _setting(
         "",
         _webhook_secret,
@@ -226,6 +319,50 @@ class Settings:
         _positive_int,
         "Largest message geobus publishes; a single feature larger than this is rejected"
         " (RabbitMQ 4.x refuses messages over 16 MiB by default)",
+    )
+    max_features: int = _setting(
+        1_000_000,
+        _positive_int,
+        "Most features in one document: conversion stops at the limit and the job fails"
+        " (document_too_many_features); the features before it are processed",
+    )
+    max_feature_bytes: int = _setting(
+        64 * 1024 * 1024,
+        _positive_int,
+        "Largest JSON text of one feature; a larger one is skipped while it streams (never held"
+        " in memory) and rejected (feature_too_large); a single Feature or Geometry document"
+        " that large fails the job",
+    )
+    max_vertices_per_feature: int = _setting(
+        1_000_000,
+        _positive_int,
+        "Most positions in one feature's geometry; more: the feature is rejected"
+        " (too_many_vertices) before its geometry is parsed",
+    )
+    max_nesting_depth: int = _setting(
+        64,
+        _positive_int,
+        "Deepest nesting of arrays and objects in a feature (the feature object is level 1);"
+        " deeper: rejected (nested_too_deeply); at the document's top level: the job fails"
+        " (document_too_deep)",
+    )
+    max_properties_bytes: int = _setting(
+        1024 * 1024,
+        _positive_int,
+        'Largest JSON text of one feature\'s "properties"; larger: rejected (properties_too_large)',
+    )
+    max_string_bytes: int = _setting(
+        256 * 1024,
+        _positive_int,
+        'Longest string (key or value, bytes of its JSON text) in "properties" or "id"; longer:'
+        " rejected (string_too_long)",
+    )
+    max_number_magnitude: float = _setting(
+        1.7976931348623157e308,
+        _magnitude,
+        'Largest absolute value of a number in "properties" or "id" (default: the largest'
+        " double); beyond it, or with an exponent beyond ±400, or written with more than 400"
+        " characters: rejected (number_out_of_range)",
     )
     repair: str = _setting(
         "make_valid",
@@ -324,6 +461,37 @@ class Settings:
         _seconds,
         "Seconds the ingress waits at shutdown for conversions in flight; those still running"
         " then are stopped and resumed from the spool at the next start",
+    )
+    admin_token: str = _setting(
+        "",
+        _admin_token,
+        "Bearer token of the admin endpoints (job listing, dead letters, replay): at least 32"
+        " characters of A-Z a-z 0-9 - . _ ~ + / =; unset: the admin endpoints answer 403",
+        secret=True,
+    )
+    admin_timeout: float = _setting(
+        30.0,
+        _time_limit,
+        "Seconds an admin dead-letter request may spend on the broker (connecting, reading"
+        " every dead letter, replaying) before it is answered with 503",
+    )
+    log_level: str = _setting(
+        "INFO",
+        _log_level,
+        "Log level of every geobus process: DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    )
+    log_format: str = _setting(
+        "auto",
+        _choice("auto", "json", "console"),
+        "Log format: json (one JSON object per line), console (readable), or auto (console"
+        " when stderr is a terminal, else json)",
+    )
+    metrics_port: int = _setting(
+        0,
+        _port_or_zero,
+        "Port of a worker's Prometheus /metrics endpoint on GEOBUS_HTTP_HOST (0: none);"
+        " `geobus up` gives its children this port + 1, + 2, ... (the ingress serves"
+        " /metrics on its HTTP port)",
     )
 
     @classmethod

@@ -70,12 +70,10 @@ def parse_headers(message_id: str | None, timestamp: str | None, signature: str 
         )
     if len(message_id) > 256:  # an id, not a payload
         raise SignatureError("signature_malformed", "webhook-id is longer than 256 characters")
-    try:
-        moment = int(timestamp)
-    except ValueError:
-        raise SignatureError(
-            "signature_malformed", "webhook-timestamp must be Unix seconds"
-        ) from None
+    # Plain ASCII digits only: int() would also take " 17", "+17" and "1_7".
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        raise SignatureError("signature_malformed", "webhook-timestamp must be Unix seconds")
+    moment = int(timestamp)
     candidates = []
     for part in signature.split():
         version, _, value = part.partition(",")
@@ -90,6 +88,15 @@ def parse_headers(message_id: str | None, timestamp: str | None, signature: str 
             "signature_malformed", "webhook-signature holds no v1,<base64> signature"
         )
     return Headers(message_id, moment, tuple(candidates))
+
+
+def check_timestamp(headers: Headers, now: float, tolerance_s: int = DEFAULT_TOLERANCE_S) -> None:
+    """Raise SignatureError when ``webhook-timestamp`` is too far from ``now``, either way."""
+    if abs(now - headers.timestamp) > tolerance_s:
+        raise SignatureError(
+            "signature_expired",
+            f"webhook-timestamp is more than {tolerance_s} s away from the server's clock",
+        )
 
 
 class Verifier:
@@ -110,11 +117,7 @@ class Verifier:
 
     def verify(self, now: float, tolerance_s: int = DEFAULT_TOLERANCE_S) -> None:
         """Raise SignatureError unless a signature matches and the timestamp is fresh."""
-        if abs(now - self.headers.timestamp) > tolerance_s:
-            raise SignatureError(
-                "signature_expired",
-                f"webhook-timestamp is more than {tolerance_s} s away from the server's clock",
-            )
+        check_timestamp(self.headers, now, tolerance_s)
         digests = [mac.digest() for mac in self._macs]
         # Compare every pair, with no early exit, so timing says nothing
         # about which secret or which signature came close.

@@ -27,6 +27,7 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 
+from geobus import logs
 from geobus.errors import GeobusError, TransientError
 from geobus.isolation import bisect, merge
 from geobus.stage import StageResult
@@ -47,6 +48,8 @@ SerializedResult = tuple[bytes, bytes | None]
 
 def serialized(factory: TransformFactory) -> Callable[[bytes], SerializedResult]:
     """The worker-side handler: FeatureBatch bytes in, StageResult bytes out."""
+    # A fresh interpreter: whatever it logs goes out like its stage's lines.
+    logs.configure_from_env()
     transform = factory()
 
     def handle(request: bytes) -> SerializedResult:

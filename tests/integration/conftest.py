@@ -81,6 +81,8 @@ class Pipeline:
     env: dict[str, str]
     logs: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Variables one service's processes get on top of ``env`` (e.g. its own GEOBUS_AMQP_URL)."""
     _log_files: list[BinaryIO] = field(default_factory=list)
 
     @property
@@ -88,19 +90,20 @@ class Pipeline:
         """The ingress URL."""
         return f"http://127.0.0.1:{self.env['GEOBUS_HTTP_PORT']}"
 
-    def start(self, name: str, *args: str) -> None:
-        """Start ``geobus ARGS`` as process ``name``."""
+    def start(self, name: str, *args: str, service: str | None = None) -> None:
+        """Start ``geobus ARGS`` as process ``name`` (with ``service_env[service or name]``)."""
         log = (self.logs / f"{name}.log").open("ab")
         self._log_files.append(log)
+        env = {**self.env, **self.service_env.get(service or name, {})}
         self.processes[name] = subprocess.Popen(
-            [GEOBUS, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [GEOBUS, *args], env=env, stdout=log, stderr=subprocess.STDOUT
         )
 
     def start_all(self, replicas: int = 1) -> None:
         """The ingress and ``replicas`` of each stage; returns when /readyz answers 200."""
         for stage in STAGES:
             for n in range(replicas):
-                self.start(f"{stage}-{n + 1}", "worker", stage)
+                self.start(f"{stage}-{n + 1}", "worker", stage, service=stage)
         self.start("ingress", "ingress")
         self.wait_ready()
 

@@ -135,6 +135,44 @@ def test_send_of_a_bad_file_exits_nonzero(
     assert "document_not_geojson" in sent.stdout or "not a GeoJSON" in sent.stdout
 
 
+def _geobus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GEOBUS, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_send_wait_json_and_exit_codes(
+    up: subprocess.Popen[str], pipeline_env: dict[str, str]
+) -> None:
+    """send --wait --json prints only the final job document; the documented exit codes hold
+    for an unknown job (4), an unreachable ingress (3) and an unknown dead letter (4)."""
+    sent = _geobus(
+        pipeline_env, "send", str(datasets.path("countries-land-10km")), "--wait", "--json"
+    )
+    assert sent.returncode == 0, sent.stderr
+    document = json.loads(sent.stdout)  # one JSON document and nothing else
+    assert document["status"] == "successful"
+    assert document["progress"] == 100
+    assert document["counts"]["stored"] + document["counts"]["rejected"] == 220
+    assert sent.stderr == ""  # not a terminal: no progress bar; no per-request log lines
+
+    unknown = _geobus(pipeline_env, "jobs", "show", "00000000-0000-4000-8000-000000000000")
+    assert unknown.returncode == 4, unknown.stderr
+    assert "HTTP 404" in unknown.stderr
+
+    away = _geobus(
+        pipeline_env, "jobs", "show", document["jobID"], "--url", f"http://127.0.0.1:{free_port()}"
+    )
+    assert away.returncode == 3, away.stderr
+
+    listed = _geobus(pipeline_env, "dlq", "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert set(json.loads(listed.stdout)) == {"validator", "reprojector", "writer"}
+    missing = _geobus(pipeline_env, "dlq", "show", "no-such-message", "--json")
+    assert missing.returncode == 4, missing.stderr
+    assert missing.stdout == ""
+
+
 class _Receiver(BaseHTTPRequestHandler):
     received: ClassVar[list[dict[str, Any]]] = []
 

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import pyproj
 import pytest
 import shapely
 from pyogrio import raw  # type: ignore[import-untyped]
 
+from bench import datasets
 from tests.integration.conftest import Pipeline
-from tests.integration.test_pipeline import post, wait_final
+from tests.integration.test_pipeline import LAND, original_features, post, wait_final
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +107,69 @@ def test_legacy_crs_member_is_honoured_with_a_warning_on_the_job(
     stored = _stored(Path(pipeline.env["GEOBUS_DATABASE_URL"]))["p"]
     assert stored is not None
     assert (stored.x, stored.y) == pytest.approx((10.0, 10.0), abs=1e-6)
+
+
+def _stored_by_index(path: Path, layer: str) -> dict[int, tuple[shapely.Geometry, str | None]]:
+    """The stored geometry and adjustments of each feature, by feature index."""
+    _meta, _fids, geometry, fields = raw.read(
+        path, layer=layer, columns=["feature_index", "adjustments"]
+    )
+    return {
+        index: (shapely.from_wkb(wkb), adjustments)
+        for index, wkb, adjustments in zip(
+            fields[0].tolist(), geometry, fields[1].tolist(), strict=True
+        )
+    }
+
+
+def _vertices(geometry: shapely.Geometry) -> set[tuple[float, ...]]:
+    return {tuple(row) for row in shapely.get_coordinates(geometry).tolist()}
+
+
+def test_precision_parameter_snaps_stored_coordinates_and_keeps_them_valid(
+    pipeline: Pipeline,
+) -> None:
+    """countries-land-10km with precision=2 is stored in whole cm, all valid; without, exact."""
+    pipeline.env["GEOBUS_TARGET_CRS"] = "EPSG:3857"
+    pipeline.start_all()
+    refused = httpx.post(
+        f"{pipeline.base_url}/v1/features",
+        content=b"{}",
+        headers={"Content-Type": "application/geo+json"},
+        params={"precision": "16"},
+        timeout=10,
+    )
+    assert refused.status_code == 422
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "precision" in refused.json()["detail"]
+    land = datasets.path(LAND)
+    snapped_id = post(pipeline, land, collection="snapped", precision="2")["jobID"]
+    exact_id = post(pipeline, land, collection="exact")["jobID"]
+    snapped_job, exact_job = wait_final(pipeline, snapped_id), wait_final(pipeline, exact_id)
+    for job in (snapped_job, exact_job):
+        assert job["status"] == "successful", job
+        assert job["counts"]["stored"] == 220, job
+    assert snapped_job["precision"] == 2
+    assert exact_job["precision"] is None
+
+    gpkg = Path(pipeline.env["GEOBUS_DATABASE_URL"])
+    snapped = _stored_by_index(gpkg, "snapped")
+    exact = _stored_by_index(gpkg, "exact")
+    assert sorted(snapped) == sorted(exact) == list(range(220))
+    to_mercator = pyproj.Transformer.from_crs("OGC:CRS84", "EPSG:3857", always_xy=True)
+    untouched = 0
+    for index, feature in enumerate(original_features(LAND)):
+        grid, _ = snapped[index]
+        stored, adjustments = exact[index]
+        assert shapely.is_valid(grid), index
+        coords = shapely.get_coordinates(grid)
+        assert (np.round(coords, 2) == coords).all(), index
+        # Snap-rounding moves a vertex by about one grid cell at most.
+        assert shapely.hausdorff_distance(grid, stored) < 0.02, index
+        if adjustments is None:
+            # Without precision the coordinates are PROJ's, bit for bit.
+            source = shapely.from_geojson(json.dumps(feature["geometry"]))
+            x, y = to_mercator.transform(*shapely.get_coordinates(source).T)
+            assert _vertices(stored) == _vertices(shapely.points(x, y)), index
+            untouched += 1
+    assert untouched > 100

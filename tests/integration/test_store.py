@@ -449,3 +449,12 @@ def test_seal_records_the_document_warnings(store: FeatureStore) -> None:
     again = store.get_job(plain)
     assert again is not None
     assert again.warnings == []
+
+
+def test_job_precision_is_kept_in_the_ledger(store: FeatureStore) -> None:
+    """A job's precision parameter (0 included) reads back from get_job; absent stays None."""
+    for job_id, precision in (("p-none", None), ("p-zero", 0), ("p-two", 2)):
+        store.create_job(JobRecord(job_id=job_id, created=T0, precision=precision))
+        job = store.get_job(job_id)
+        assert job is not None
+        assert job.precision == precision

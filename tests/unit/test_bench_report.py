@@ -80,3 +80,21 @@ def test_profile_summary_splits_the_conversion_worker(tmp_path: Path) -> None:
     assert summary["child"]["active_s"] == 4.0
     assert summary["child"]["by_library_s"] == {"geobus codec": 4.0}
     assert summary["child"]["top_self_s"] == {"_value_end (scanner.py:236)": 4.0}
+
+
+def test_histogram_quantiles_use_only_what_the_job_added() -> None:
+    """p50/p99/max of a Prometheus histogram come from the difference of two readings."""
+    from bench.probe import quantiles
+
+    inf = float("inf")
+    before = {0.001: 10.0, 0.005: 10.0, 0.01: 10.0, inf: 10.0}
+    after = {0.001: 60.0, 0.005: 109.0, 0.01: 110.0, inf: 110.0}
+    got = quantiles(before, after)
+    assert got["samples"] == 100
+    assert round(got["p50_ms"], 6) == 1.0
+    assert round(got["p99_ms"], 6) == 5.0
+    assert got["max_ms"] == 10.0
+    assert not got["max_above_ms"]
+    above = quantiles(before, {**after, inf: 111.0})
+    assert above["max_ms"] == 10.0
+    assert above["max_above_ms"]

@@ -84,7 +84,7 @@ def test_retry_copy_goes_to_the_next_level_with_jitter() -> None:
         incoming(), TransientError("db away"), stage="writer", topology=SPEC, uniform=lambda: 1.0
     )
     exchange, key, copy = first
-    assert (exchange, key) == ("", "acme.retry.writer.1")
+    assert (exchange, key) == ("acme.retry.writer", "acme.retry.writer.1")
     assert copy.expiration == pytest.approx(0.8)
     assert copy.headers[wire.HEADER_ATTEMPT] == 1
     assert copy.headers[wire.HEADER_EXCEPTION] == "TransientError: db away"

@@ -92,7 +92,7 @@ async def test_retry_goes_to_the_delay_queue_then_acks() -> None:
     )
     assert decision is Disposition.RETRY
     assert [entry[0] for entry in log] == ["published", "ack"]
-    assert log[0][1:3] == ("", "acme.retry.writer.2")
+    assert log[0][1:3] == ("acme.retry.writer", "acme.retry.writer.2")
     assert log[0][3]["x-geobus-attempt"] == 2
 
 

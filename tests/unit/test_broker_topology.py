@@ -10,10 +10,16 @@ from geobus.settings import Settings
 
 
 def test_names_follow_the_prefix() -> None:
-    """Names: <prefix>.features/.jobs/.dlx, <prefix>.<stage>, <prefix>.dlq.<stage>."""
+    """Names: <prefix>.features/.jobs/.dlx/.retry.<stage>/.canary, .<stage>, .dlq.<stage>."""
     spec = topology("acme")
-    assert [e.name for e in spec.exchanges] == ["acme.features", "acme.jobs", "acme.dlx"]
-    assert all(e.durable and e.type.value == "topic" for e in spec.exchanges)
+    assert [(e.name, e.type.value) for e in spec.exchanges] == [
+        ("acme.features", "topic"),
+        ("acme.jobs", "topic"),
+        ("acme.dlx", "topic"),
+        *((f"acme.retry.{stage}", "direct") for stage in STAGES),
+        ("acme.canary", "fanout"),
+    ]
+    assert all(e.durable for e in spec.exchanges)
     assert [q.name for q in spec.queues] == [
         "acme.validator",
         "acme.reprojector",
@@ -49,7 +55,9 @@ def test_bindings_of_the_stages() -> None:
     """validator ← ingested, reprojector ← validated, writer ← reprojected, rejected, job.sealed."""
     spec = topology("p")
     stage_bindings = {
-        (b.queue, b.exchange, b.routing_key) for b in spec.bindings if ".dlq." not in b.queue
+        (b.queue, b.exchange, b.routing_key)
+        for b in spec.bindings
+        if ".dlq." not in b.queue and ".retry." not in b.queue
     }
     assert stage_bindings == {
         ("p.validator", "p.features", "feature.ingested"),
@@ -93,7 +101,10 @@ def test_retry_queues_expire_back_into_their_stage() -> None:
     # Past the last level the last one repeats.
     assert spec.retry_queue("writer", 9) == "acme.retry.writer.2"
     assert (spec.retry_delay(1), spec.retry_delay(2), spec.retry_delay(7)) == (0.5, 2.0, 2.0)
-    assert not any(".retry." in b.queue for b in spec.bindings)
+    # Bound under its own name to its stage's retry exchange, and nowhere else.
+    assert {
+        (b.exchange, b.routing_key) for b in spec.bindings if b.queue == "acme.retry.writer.2"
+    } == {("acme.retry.writer", "acme.retry.writer.2")}
     with pytest.raises(ValueError, match="retry_delays"):
         topology("p", retry_delays=())
     with pytest.raises(ValueError, match="start at 1"):

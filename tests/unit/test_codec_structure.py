@@ -202,7 +202,7 @@ CASES: list[tuple[str, bytes, str, str | None]] = [
     (
         "coordinates nested 100,000 deep",
         _feature(b'{"type":"Point","coordinates":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
-        "invalid_coordinates",
+        "nested_too_deeply",
         None,
     ),
     (

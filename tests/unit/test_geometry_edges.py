@@ -385,3 +385,70 @@ def test_precision_off_keeps_every_bit() -> None:
     """Without GEOBUS_PRECISION an unchanged CRS passes bytes through."""
     batch = geo.batch_of([W("POINT (0.123456789012345 1.5)")])
     assert Reprojector("EPSG:4326")(batch).batch.features[0].geometry == batch.features[0].geometry
+
+
+# -- bbox after reprojection ----------------------------------------------------------
+
+
+def _with_bboxes(
+    members: list[tuple[str, list[float] | None]], crs: str = "OGC:CRS84"
+) -> feature_pb2.FeatureBatch:
+    """A batch of features given as (GeoJSON geometry text, bbox or None)."""
+    features = ",".join(
+        f'{{"type":"Feature","properties":null,"geometry":{geometry}'
+        + ("}" if bbox is None else f',"bbox":{bbox}}}')
+        for geometry, bbox in members
+    )
+    doc = f'{{"type":"FeatureCollection","features":[{features}]}}'.encode()
+    (output,) = DocumentConverter(io.BytesIO(doc), BatchContext(job_id="j", crs=crs))
+    assert output.batch is not None
+    return output.batch
+
+
+def test_bbox_is_rewritten_in_the_projected_target_crs() -> None:
+    """Into EPSG:3857 a feature's bbox is the bounds of its stored geometry, in metres."""
+    line = '{"type":"LineString","coordinates":[[10,20],[11,21]]}'
+    line_z = '{"type":"LineString","coordinates":[[10,20,5],[11,21,-3]]}'
+    batch = _with_bboxes(
+        [(line, [10, 20, 11, 21]), (line_z, [10, 20, -3, 11, 21, 5]), (line, None)]
+    )
+    out = Reprojector("EPSG:3857")(batch).batch
+    stored = geo.decoded(out)
+    assert list(out.features[0].bbox) == shapely.bounds(stored[0]).tolist()
+    assert out.features[0].bbox[2] == pytest.approx(1224514.3987, abs=1e-3)
+    w, s, e, n = shapely.bounds(stored[1]).tolist()
+    assert list(out.features[1].bbox) == [w, s, -3.0, e, n, 5.0]
+    assert list(out.features[2].bbox) == []
+
+
+def test_cut_feature_bbox_keeps_the_crossing_form_in_wgs84_and_not_when_projected() -> None:
+    """A cut feature's bbox stays west > east into EPSG:4326, snapped or not; into 3857 it spans."""
+    validated, _ = _one(FIJI_LIKE)
+    assert list(validated.features[0].bbox) == [178.0, -18.0, -179.0, -16.0]
+    untouched = Reprojector("EPSG:4326")(validated).batch
+    assert list(untouched.features[0].bbox) == [178.0, -18.0, -179.0, -16.0]
+    snapped = Reprojector("EPSG:4326", precision=0)(validated).batch
+    assert list(snapped.features[0].bbox) == [178.0, -18.0, -179.0, -16.0]
+    projected = Reprojector("EPSG:3857")(validated).batch
+    (stored,) = geo.decoded(projected)
+    west, _, east, _ = projected.features[0].bbox
+    assert west < east
+    assert list(projected.features[0].bbox) == shapely.bounds(stored).tolist()
+
+
+def test_bbox_follows_a_projected_source_into_degrees() -> None:
+    """A batch in EPSG:3857 reprojected to EPSG:4326 gets its bbox in degrees."""
+    line = '{"type":"LineString","coordinates":[[1113194.9079327357,0],[1224514.3987260093,1]]}'
+    batch = _with_bboxes([(line, [1113194.9079327357, 0, 1224514.3987260093, 1])], "EPSG:3857")
+    out = Reprojector("EPSG:4326")(batch).batch
+    assert list(out.features[0].bbox) == pytest.approx([10, 0, 11, 1 / 111319.49], abs=1e-9)
+
+
+def test_bbox_of_a_feature_without_geometry_has_its_corners_transformed() -> None:
+    """A null geometry with a bbox keeps a bbox, transformed into the target CRS."""
+    batch = _with_bboxes([("null", [10, 20, 11, 21]), ("null", [10, 20, 7, 11, 21, 9])])
+    out = Reprojector("EPSG:3857")(batch).batch
+    assert list(out.features[0].bbox) == pytest.approx(
+        [1113194.9079, 2273030.9270, 1224514.3987, 2391878.5879], abs=1e-3
+    )
+    assert list(out.features[1].bbox)[2::3] == [7.0, 9.0]

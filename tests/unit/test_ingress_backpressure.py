@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from geobus.settings import Settings
-from tests.unit.test_ingress_http import DOCUMENT, FakeStore, Harness, make_harness
+from tests.unit.fakes import FakeStore
+from tests.unit.test_ingress_http import DOCUMENT, Harness, make_harness
 
 GEOJSON = {"Content-Type": "application/geo+json"}
 

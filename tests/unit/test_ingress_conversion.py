@@ -5,47 +5,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from geobus.codec.batches import BatchLimits
 from geobus.ingress.conversion import open_body, publish_document
 from geobus.ingress.spool import SpoolMeta
 from geobus.v1 import feature_pb2, job_pb2, rejection_pb2
-
-
-@dataclass
-class Sent:
-    exchange: str
-    key: str
-    payload: bytes
-    message_id: str
-    correlation_id: str
-
-
-@dataclass
-class RecordingPublisher:
-    is_open: bool = True
-    sent: list[Sent] = field(default_factory=list)
-
-    async def publish(
-        self,
-        exchange_name: str,
-        routing_key: str,
-        payload: bytes,
-        *,
-        message_id: str,
-        correlation_id: str,
-        stage: str,
-        headers: Mapping[str, Any] | None = None,
-    ) -> None:
-        assert stage == "ingress"
-        self.sent.append(Sent(exchange_name, routing_key, payload, message_id, correlation_id))
-
-    async def close(self) -> None:
-        self.is_open = False
+from tests.unit.fakes import RecordingPublisher
 
 
 def _meta(media_type: str = "application/geo+json", encoding: str = "identity") -> SpoolMeta:
@@ -115,6 +81,7 @@ async def test_batches_then_sealed_with_totals() -> None:
     )
     assert len({s.message_id for s in publisher.sent}) == len(publisher.sent)
     assert {s.correlation_id for s in publisher.sent} == {"job-1"}
+    assert {s.stage for s in publisher.sent} == {"ingress"}
 
 
 async def test_unreadable_document_publishes_job_failed() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,9 @@ from geobus.ingress.admission import BrokerPressure, Drain
 from geobus.ingress.app import create_app
 from geobus.ingress.ports import JobRecord, JobStore, Publisher, RejectionRecord
 from geobus.ingress.runner import ConversionRunner
-from geobus.ingress.spool import SpoolMeta
 from geobus.settings import Settings
 from geobus.store.base import JobCounts
+from tests.unit.fakes import FakeRunner, FakeStore, RecordingPublisher
 
 DOCUMENT = json.dumps(
     {
@@ -37,78 +37,10 @@ DOCUMENT = json.dumps(
 
 
 @dataclass
-class FakeStore:
-    jobs: dict[str, JobRecord] = field(default_factory=dict)
-    rejections: dict[str, list[RejectionRecord]] = field(default_factory=dict)
-    healthy: bool = True
-    closed: bool = False
-
-    def create_job(self, job: JobRecord) -> None:
-        self.jobs[job.job_id] = job
-
-    def mark_running(self, job_id: str, at: datetime) -> None:
-        self.jobs[job_id].status = "running"
-
-    def mark_failed(self, job_id: str, code: str, message: str, at: datetime) -> None:
-        self.jobs[job_id].status = "failed"
-
-    def get_job(self, job_id: str) -> JobRecord | None:
-        return self.jobs.get(job_id)
-
-    def list_rejections(self, job_id: str, limit: int, offset: int) -> Sequence[RejectionRecord]:
-        return self.rejections.get(job_id, [])[offset : offset + limit]
-
-    def ping(self) -> None:
-        if not self.healthy:
-            raise ConnectionError("store away")
-
-    def close(self) -> None:
-        self.closed = True
-
-
-@dataclass
-class FakePublisher:
-    is_open: bool = True
-    published: list[tuple[str, str, bytes]] = field(default_factory=list)
-
-    async def publish(
-        self,
-        exchange_name: str,
-        routing_key: str,
-        payload: bytes,
-        *,
-        message_id: str,
-        correlation_id: str,
-        stage: str,
-        headers: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.published.append((exchange_name, routing_key, payload))
-
-    async def close(self) -> None:
-        self.is_open = False
-
-
-@dataclass
-class FakeRunner:
-    submitted: list[SpoolMeta] = field(default_factory=list)
-    finished: set[str] = field(default_factory=set)
-    closed: bool = False
-
-    def submit(self, meta: SpoolMeta) -> None:
-        self.submitted.append(meta)
-
-    def pending(self) -> list[SpoolMeta]:
-        return [m for m in self.submitted if m.job_id not in self.finished]
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-@dataclass
 class Harness:
     client: TestClient
     store: FakeStore
-    publisher: FakePublisher
+    publisher: RecordingPublisher
     runner: FakeRunner
     spool_dir: Path
     pressure: BrokerPressure
@@ -117,7 +49,7 @@ class Harness:
 
 def make_harness(settings: Settings) -> Iterator[Harness]:
     """An app over fakes; the broker pressure and the drain flag are the test's to set."""
-    store, publisher, runner = FakeStore(), FakePublisher(), FakeRunner()
+    store, publisher, runner = FakeStore(), RecordingPublisher(), FakeRunner()
     pressure, drain = BrokerPressure(), Drain()
 
     def runner_factory(s: Settings, st: JobStore, p: Publisher) -> ConversionRunner:
@@ -359,7 +291,7 @@ def test_store_failure_is_a_problem_and_leaves_no_spool(tmp_path: Path) -> None:
     app = create_app(
         settings,
         store=BrokenStore(),
-        publisher=FakePublisher(),
+        publisher=RecordingPublisher(),
         runner_factory=lambda s, st, p: runner,
     )
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -370,3 +302,57 @@ def test_store_failure_is_a_problem_and_leaves_no_spool(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
     assert runner.submitted == []
     assert runner.closed
+
+
+def test_idempotency_key_returns_the_first_job(harness: Harness) -> None:
+    """A retry with the same Idempotency-Key gets 200 with the first job; one job, one spool."""
+    headers = {"Content-Type": "application/geo+json", "Idempotency-Key": '"retry-1"'}
+    first = harness.client.post("/v1/features", content=DOCUMENT, headers=headers)
+    assert first.status_code == 202
+    again = harness.client.post("/v1/features", content=DOCUMENT, headers=headers)
+    assert again.status_code == 200
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.json()["jobID"] == first.json()["jobID"]
+    assert again.headers["location"] == first.headers["location"]
+    assert len(harness.store.jobs) == 1
+    assert len(harness.runner.submitted) == 1
+    assert sorted(p.name for p in harness.spool_dir.iterdir()) == sorted(
+        p.name
+        for p in (
+            spool.body_path(harness.spool_dir, first.json()["jobID"]),
+            spool.meta_path(harness.spool_dir, first.json()["jobID"]),
+        )
+    )
+    other = harness.client.post(
+        "/v1/features", content=DOCUMENT, headers={**headers, "Idempotency-Key": "retry-2"}
+    )
+    assert other.status_code == 202
+    assert len(harness.store.jobs) == 2
+
+
+def test_bad_idempotency_key_is_400(harness: Harness) -> None:
+    """An Idempotency-Key that is empty or too long is a 400 problem, nothing is spooled."""
+    for key in ('""', "k" * 257):
+        response = harness.client.post(
+            "/v1/features",
+            content=DOCUMENT,
+            headers={"Content-Type": "application/geo+json", "Idempotency-Key": key},
+        )
+        body = _is_problem(response, 400)
+        assert body["type"].endswith("invalid-idempotency-key")
+    assert harness.store.jobs == {}
+
+
+def test_callback_credentials_never_reach_the_problem_document(harness: Harness) -> None:
+    """A refused callback_url is echoed with its user, password and query values redacted."""
+    response = harness.client.post(
+        "/v1/features",
+        params={"callback_url": "ftp://alice:hunter2@example.org/x?token=s3cr3t"},
+        content=DOCUMENT,
+        headers={"Content-Type": "application/geo+json"},
+    )
+    body = _is_problem(response, 422)
+    assert "hunter2" not in response.text
+    assert "s3cr3t" not in response.text
+    assert "alice" not in response.text
+    assert "example.org" in body["detail"]

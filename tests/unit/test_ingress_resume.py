@@ -15,8 +15,7 @@ from geobus.ingress.resume import plan, resume_spooled
 from geobus.ingress.spool import SpoolMeta
 from geobus.settings import Settings
 from geobus.v1 import feature_pb2
-from tests.unit.test_ingress_conversion import RecordingPublisher
-from tests.unit.test_ingress_http import FakeRunner, FakeStore
+from tests.unit.fakes import FakeRunner, FakeStore, RecordingPublisher
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

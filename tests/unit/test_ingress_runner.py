@@ -19,7 +19,7 @@ from geobus.ingress.ports import JobRecord
 from geobus.ingress.runner import CRASH_ATTEMPTS, PoolRunner
 from geobus.ingress.spool import SpoolMeta
 from geobus.settings import Settings
-from tests.unit.test_ingress_http import FakePublisher, FakeStore
+from tests.unit.fakes import FakeStore, RecordingPublisher
 
 
 def _names(directory: Path) -> list[str]:
@@ -46,7 +46,11 @@ def _setup(
     store = FakeStore()
     store.create_job(JobRecord(job_id="j1", created=datetime.now(UTC)))
     runner = PoolRunner(
-        settings, store, FakePublisher(), lambda: ThreadPoolExecutor(1), retry_first=retry_first
+        settings,
+        store,
+        RecordingPublisher(),
+        lambda: ThreadPoolExecutor(1),
+        retry_first=retry_first,
     )
     return runner, store, meta
 

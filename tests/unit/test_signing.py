@@ -12,6 +12,7 @@ import pytest
 from geobus.signing import (
     SignatureError,
     Verifier,
+    check_timestamp,
     parse_headers,
     parse_secret,
     sign,
@@ -97,3 +98,23 @@ def test_missing_and_malformed_headers() -> None:
         parse_headers(None, str(NOW), "v1,x")
     with pytest.raises(SignatureError, match="Unix seconds"):
         parse_headers("id", "yesterday", "v1,eA==")
+
+
+@pytest.mark.parametrize(
+    "timestamp", ["+1700000000", " 1700000000", "1_700_000_000", "1.7e9", "-5"]
+)
+def test_timestamp_must_be_plain_digits(timestamp: str) -> None:
+    """int() would take these; the header must be plain ASCII digits."""
+    with pytest.raises(SignatureError) as info:
+        parse_headers("msg_1", timestamp, _reference(KEY, "msg_1", NOW, BODY))
+    assert info.value.reason == "signature_malformed"
+
+
+def test_timestamp_is_checked_on_its_own() -> None:
+    """check_timestamp refuses a timestamp beyond the tolerance either way, before any body."""
+    headers = parse_headers("msg_1", str(NOW), _reference(KEY, "msg_1", NOW, BODY))
+    check_timestamp(headers, NOW + 300)
+    check_timestamp(headers, NOW - 300)
+    for now in (NOW + 301, NOW - 301):
+        with pytest.raises(SignatureError, match="more than 300 s"):
+            check_timestamp(headers, now)

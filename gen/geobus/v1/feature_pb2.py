@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17geobus/v1/feature.proto\x12\tgeobus.v1\"n\n\tFeatureId\x12\x13\n\tstring_id\x18\x01 \x01(\tH\x00\x12\x14\n\ninteger_id\x18\x02 \x01(\x12H\x00\x12\x13\n\tnumber_id\x18\x03 \x01(\x01H\x00\x12\x18\n\x0e\x62ig_integer_id\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"U\n\nAdjustment\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.geobus.v1.AdjustmentKind\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x9a\x01\n\x07\x46\x65\x61ture\x12\r\n\x05index\x18\x01 \x01(\x04\x12 \n\x02id\x18\x02 \x01(\x0b\x32\x14.geobus.v1.FeatureId\x12\x10\n\x08geometry\x18\x03 \x01(\x0c\x12\x12\n\nproperties\x18\x04 \x01(\x0c\x12\x0c\n\x04\x62\x62ox\x18\x05 \x03(\x01\x12*\n\x0b\x61\x64justments\x18\x06 \x03(\x0b\x32\x15.geobus.v1.Adjustment\")\n\x06Source\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\"\xd2\x01\n\x0c\x46\x65\x61tureBatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12!\n\x06source\x18\x03 \x01(\x0b\x32\x11.geobus.v1.Source\x12\x0b\n\x03\x63rs\x18\x04 \x01(\t\x12\x36\n\x11geometry_encoding\x18\x05 \x01(\x0e\x32\x1b.geobus.v1.GeometryEncoding\x12\x12\n\ncollection\x18\x06 \x01(\t\x12$\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32\x12.geobus.v1.Feature*T\n\x10GeometryEncoding\x12!\n\x1dGEOMETRY_ENCODING_UNSPECIFIED\x10\x00\x12\x1d\n\x19GEOMETRY_ENCODING_ISO_WKB\x10\x01*\xb8\x02\n\x0e\x41\x64justmentKind\x12\x1f\n\x1b\x41\x44JUSTMENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41\x44JUSTMENT_KIND_REPAIRED\x10\x01\x12$\n ADJUSTMENT_KIND_ANTIMERIDIAN_CUT\x10\x02\x12\x1b\n\x17\x41\x44JUSTMENT_KIND_CLIPPED\x10\x03\x12(\n$ADJUSTMENT_KIND_LONGITUDE_NORMALISED\x10\x04\x12.\n*ADJUSTMENT_KIND_DUPLICATE_VERTICES_REMOVED\x10\x05\x12!\n\x1d\x41\x44JUSTMENT_KIND_EMPTY_AS_NULL\x10\x06\x12\'\n#ADJUSTMENT_KIND_COLLECTION_EXPLODED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17geobus/v1/feature.proto\x12\tgeobus.v1\"n\n\tFeatureId\x12\x13\n\tstring_id\x18\x01 \x01(\tH\x00\x12\x14\n\ninteger_id\x18\x02 \x01(\x12H\x00\x12\x13\n\tnumber_id\x18\x03 \x01(\x01H\x00\x12\x18\n\x0e\x62ig_integer_id\x18\x04 \x01(\tH\x00\x42\x07\n\x05value\"U\n\nAdjustment\x12\'\n\x04kind\x18\x01 \x01(\x0e\x32\x19.geobus.v1.AdjustmentKind\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"\x9a\x01\n\x07\x46\x65\x61ture\x12\r\n\x05index\x18\x01 \x01(\x04\x12 \n\x02id\x18\x02 \x01(\x0b\x32\x14.geobus.v1.FeatureId\x12\x10\n\x08geometry\x18\x03 \x01(\x0c\x12\x12\n\nproperties\x18\x04 \x01(\x0c\x12\x0c\n\x04\x62\x62ox\x18\x05 \x03(\x01\x12*\n\x0b\x61\x64justments\x18\x06 \x03(\x0b\x32\x15.geobus.v1.Adjustment\")\n\x06Source\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x12\n\nmedia_type\x18\x02 \x01(\t\"\xf8\x01\n\x0c\x46\x65\x61tureBatch\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12!\n\x06source\x18\x03 \x01(\x0b\x32\x11.geobus.v1.Source\x12\x0b\n\x03\x63rs\x18\x04 \x01(\t\x12\x36\n\x11geometry_encoding\x18\x05 \x01(\x0e\x32\x1b.geobus.v1.GeometryEncoding\x12\x12\n\ncollection\x18\x06 \x01(\t\x12$\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32\x12.geobus.v1.Feature\x12\x16\n\tprecision\x18\x08 \x01(\rH\x00\x88\x01\x01\x42\x0c\n\n_precision*T\n\x10GeometryEncoding\x12!\n\x1dGEOMETRY_ENCODING_UNSPECIFIED\x10\x00\x12\x1d\n\x19GEOMETRY_ENCODING_ISO_WKB\x10\x01*\xb8\x02\n\x0e\x41\x64justmentKind\x12\x1f\n\x1b\x41\x44JUSTMENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41\x44JUSTMENT_KIND_REPAIRED\x10\x01\x12$\n ADJUSTMENT_KIND_ANTIMERIDIAN_CUT\x10\x02\x12\x1b\n\x17\x41\x44JUSTMENT_KIND_CLIPPED\x10\x03\x12(\n$ADJUSTMENT_KIND_LONGITUDE_NORMALISED\x10\x04\x12.\n*ADJUSTMENT_KIND_DUPLICATE_VERTICES_REMOVED\x10\x05\x12!\n\x1d\x41\x44JUSTMENT_KIND_EMPTY_AS_NULL\x10\x06\x12\'\n#ADJUSTMENT_KIND_COLLECTION_EXPLODED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'geobus.v1.feature_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GEOMETRYENCODING']._serialized_start=650
-  _globals['_GEOMETRYENCODING']._serialized_end=734
-  _globals['_ADJUSTMENTKIND']._serialized_start=737
-  _globals['_ADJUSTMENTKIND']._serialized_end=1049
+  _globals['_GEOMETRYENCODING']._serialized_start=688
+  _globals['_GEOMETRYENCODING']._serialized_end=772
+  _globals['_ADJUSTMENTKIND']._serialized_start=775
+  _globals['_ADJUSTMENTKIND']._serialized_end=1087
   _globals['_FEATUREID']._serialized_start=38
   _globals['_FEATUREID']._serialized_end=148
   _globals['_ADJUSTMENT']._serialized_start=150
@@ -44,5 +44,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SOURCE']._serialized_start=394
   _globals['_SOURCE']._serialized_end=435
   _globals['_FEATUREBATCH']._serialized_start=438
-  _globals['_FEATUREBATCH']._serialized_end=648
+  _globals['_FEATUREBATCH']._serialized_end=686
 # @@protoc_insertion_point(module_scope)

@@ -316,6 +316,7 @@ class FeatureBatch(_message.Message):
     GEOMETRY_ENCODING_FIELD_NUMBER: _builtins.int
     COLLECTION_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """The job this batch belongs to (also the AMQP correlation_id)."""
     sequence: _builtins.int
@@ -331,6 +332,17 @@ class FeatureBatch(_message.Message):
     """How Feature.geometry is encoded."""
     collection: _builtins.str
     """The target collection (table or layer) the features are stored in."""
+    precision: _builtins.int
+    """Decimal digits (0 to 15) the job asked coordinates to be snapped to
+    (`precision` query parameter of POST /v1/features), set by the ingress
+    on every batch of the job and kept by every stage. Snapping happens in
+    the reprojector, in the target CRS the features are stored in, with the
+    topology kept valid (GEOS snap-rounding): 2 digits keep centimetres in
+    EPSG:3857 and about a kilometre in EPSG:4326. Absent (check presence,
+    not zero: 0 digits is a valid request) means the job asked nothing and
+    the deployment default applies (GEOBUS_PRECISION; unset = every
+    coordinate kept exact).
+    """
     @_builtins.property
     def source(self) -> Global___Source:
         """Where the job's document came from."""
@@ -349,11 +361,14 @@ class FeatureBatch(_message.Message):
         geometry_encoding: Global___GeometryEncoding.ValueType = ...,
         collection: _builtins.str = ...,
         features: _abc.Iterable[Global___Feature] | None = ...,
+        precision: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_precision", b"_precision", "precision", b"precision", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["collection", b"collection", "crs", b"crs", "features", b"features", "geometry_encoding", b"geometry_encoding", "job_id", b"job_id", "sequence", b"sequence", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_precision", b"_precision", "collection", b"collection", "crs", b"crs", "features", b"features", "geometry_encoding", b"geometry_encoding", "job_id", b"job_id", "precision", b"precision", "sequence", b"sequence", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__precision: _TypeAlias = _typing.Literal["precision"]  # noqa: Y015
+    _WhichOneofArgType__precision: _TypeAlias = _typing.Literal["_precision", b"_precision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__precision) -> _WhichOneofReturnType__precision | None: ...
 
 Global___FeatureBatch: _TypeAlias = FeatureBatch  # noqa: Y015

@@ -93,6 +93,26 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """The geometry lies outside the target CRS's area of use: wholly (nothing
     is left after clipping) or partly under GEOBUS_CLIP=reject.
     """
+    REJECT_REASON_TOO_MANY_VERTICES: _RejectReason.ValueType  # 24
+    """The geometry has more positions than the deployment allows per feature
+    (GEOBUS_MAX_VERTICES_PER_FEATURE).
+    """
+    REJECT_REASON_NESTED_TOO_DEEPLY: _RejectReason.ValueType  # 25
+    """Arrays or objects in the feature nest deeper than the deployment allows
+    (GEOBUS_MAX_NESTING_DEPTH).
+    """
+    REJECT_REASON_PROPERTIES_TOO_LARGE: _RejectReason.ValueType  # 26
+    """The JSON text of "properties" is larger than the deployment allows
+    (GEOBUS_MAX_PROPERTIES_BYTES).
+    """
+    REJECT_REASON_STRING_TOO_LONG: _RejectReason.ValueType  # 27
+    """A string in "properties" or "id" (a key or a value) is longer than the
+    deployment allows (GEOBUS_MAX_STRING_BYTES).
+    """
+    REJECT_REASON_NUMBER_OUT_OF_RANGE: _RejectReason.ValueType  # 28
+    """A number in "properties" or "id" is beyond GEOBUS_MAX_NUMBER_MAGNITUDE,
+    has an absurd exponent, or is written with too many digits.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper):
     """A feature that a stage refused is data, not a failure of the pipeline: it is
@@ -171,6 +191,26 @@ REJECT_REASON_ANTIMERIDIAN_CROSSING: RejectReason.ValueType  # 22
 REJECT_REASON_OUTSIDE_DOMAIN: RejectReason.ValueType  # 23
 """The geometry lies outside the target CRS's area of use: wholly (nothing
 is left after clipping) or partly under GEOBUS_CLIP=reject.
+"""
+REJECT_REASON_TOO_MANY_VERTICES: RejectReason.ValueType  # 24
+"""The geometry has more positions than the deployment allows per feature
+(GEOBUS_MAX_VERTICES_PER_FEATURE).
+"""
+REJECT_REASON_NESTED_TOO_DEEPLY: RejectReason.ValueType  # 25
+"""Arrays or objects in the feature nest deeper than the deployment allows
+(GEOBUS_MAX_NESTING_DEPTH).
+"""
+REJECT_REASON_PROPERTIES_TOO_LARGE: RejectReason.ValueType  # 26
+"""The JSON text of "properties" is larger than the deployment allows
+(GEOBUS_MAX_PROPERTIES_BYTES).
+"""
+REJECT_REASON_STRING_TOO_LONG: RejectReason.ValueType  # 27
+"""A string in "properties" or "id" (a key or a value) is longer than the
+deployment allows (GEOBUS_MAX_STRING_BYTES).
+"""
+REJECT_REASON_NUMBER_OUT_OF_RANGE: RejectReason.ValueType  # 28
+"""A number in "properties" or "id" is beyond GEOBUS_MAX_NUMBER_MAGNITUDE,
+has an absurd exponent, or is written with too many digits.
 """
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 

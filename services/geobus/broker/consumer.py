@@ -44,6 +44,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import AMQPError, ChannelNotFoundEntity
 from google.protobuf.message import Message as ProtoMessage
 
+from geobus import logs, metrics, tracing
 from geobus.broker import wire
 from geobus.broker.redelivery import (
     DEFAULT_JITTER,
@@ -135,7 +136,13 @@ async def settle(
     except (AMQPError, ConnectionError, RuntimeError) as exc:
         # The channel went away: the broker requeues the unacked message itself.
         log.warning("%s could not be settled (%s): the broker will redeliver it", ident, exc)
+    else:
+        metrics.observe_settled(stage, decision.value, _dead_letter_reason(error))
     return decision
+
+
+def _dead_letter_reason(error: Exception | None) -> str:
+    return REASON_RETRIES_EXHAUSTED if isinstance(error, TransientError) else REASON_ERROR
 
 
 async def _dead_letter(
@@ -145,15 +152,17 @@ async def _dead_letter(
     stage: str,
     redelivery: Redelivery | None,
 ) -> None:
+    reason = _dead_letter_reason(error)
+    # The one log line of a dead letter: why, and which message.
+    extra = {"reason": reason, "message_id": message.message_id, "error": type(error).__name__}
     if isinstance(error, TransientError):
-        reason = REASON_RETRIES_EXHAUSTED
-        log.error("%s dead-lettered: still failing after the last attempt: %s", ident, error)
+        log.error(
+            "%s dead-lettered: still failing after the last attempt: %s", ident, error, extra=extra
+        )
     elif isinstance(error, PermanentError):
-        reason = REASON_ERROR
-        log.warning("%s dead-lettered: %s", ident, error)
+        log.warning("%s dead-lettered: %s", ident, error, extra=extra)
     else:
-        reason = REASON_ERROR
-        log.error("%s dead-lettered after an unexpected error", ident, exc_info=error)
+        log.error("%s dead-lettered after an unexpected error", ident, exc_info=error, extra=extra)
     if redelivery is not None:
         exchange, key, copy = dead_letter_copy(
             message, error, stage=stage, topology=redelivery.topology, reason=reason
@@ -237,14 +246,23 @@ class _Deliveries:
         if task is not None:
             self.running.add(task)
         try:
-            error: Exception | None = None
-            try:
-                await self._handle(wire.decode_message(message), message)
-            except Exception as exc:  # every outcome goes to settle()
-                error = exc
-            await settle(
-                message, error, stage=self._stage, stop=self._stop, redelivery=self._redelivery
-            )
+            # Log lines and published messages carry the job and its trace.
+            with (
+                logs.bind(stage=self._stage, job_id=message.correlation_id),
+                tracing.span(
+                    f"geobus {self._stage}",
+                    (message.headers or {}).get(tracing.HEADER),
+                    stage=self._stage,
+                ),
+            ):
+                error: Exception | None = None
+                try:
+                    await self._handle(wire.decode_message(message), message)
+                except Exception as exc:  # every outcome goes to settle()
+                    error = exc
+                await settle(
+                    message, error, stage=self._stage, stop=self._stop, redelivery=self._redelivery
+                )
         finally:
             if task is not None:
                 self.running.discard(task)

@@ -30,8 +30,9 @@ from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobust
 from aiormq.exceptions import AMQPError, DeliveryError, PublishError
 from google.protobuf.message import Message as ProtoMessage
 
+from geobus import tracing
 from geobus.broker import routing, wire
-from geobus.broker.topology import Topology, declare
+from geobus.broker.topology import Topology, ensure
 from geobus.errors import MessageError, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,15 @@ class Publisher:
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
         max_message_bytes: int | None = None,
         declare_topology: bool = True,
+        passive: bool = False,
     ) -> Publisher:
         """Open the publishing connection and (by default) declare ``topology`` on it.
 
         Declaring is idempotent and asserts the broker's objects match this
         geobus; it raises ConfigurationError when they do not and
-        TransientError when the broker is unreachable.
+        TransientError when the broker is unreachable. With ``passive`` (a
+        least-privilege user, ``GEOBUS_DECLARE_TOPOLOGY=false``) the topology
+        is only checked to exist.
         """
         try:
             connection = await aio_pika.connect_robust(amqp_url)
@@ -98,10 +102,7 @@ class Publisher:
             raise TransientError(msg) from exc
         try:
             if declare_topology:
-                # A separate channel: a failed declare closes its channel.
-                declaring = await connection.channel()
-                await declare(declaring, topology)
-                await declaring.close()
+                await ensure(connection, topology, declare_it=not passive)
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         except BaseException:
             await connection.close()
@@ -249,7 +250,8 @@ class Publisher:
             correlation_id=out.correlation_id,
             stage=out.stage,
             type_name=type_name,
-            headers=out.headers,
+            # The job's trace context, current while a stage handles its input.
+            headers=tracing.inject(out.headers),
         )
         if self._max_bytes is not None and len(message.body) > self._max_bytes:
             # The broker would close the channel on an oversize message.

@@ -4,8 +4,9 @@
 the message that carries the failed one on, keeping its body, ``type``,
 ``message_id`` and ``correlation_id`` so that it stays the same message:
 
-- :func:`retry_copy` → a delay queue ``<prefix>.retry.<stage>.<n>`` (by name,
-  through the default exchange), which dead-letters it back to the stage
+- :func:`retry_copy` → a delay queue ``<prefix>.retry.<stage>.<n>`` (through
+  the stage's retry exchange, which binds each level's queue under its
+  name), which dead-letters it back to the stage
   after the level's delay; ``x-geobus-attempt`` counts the attempts made,
   because RabbitMQ 4.x ignores a client-set ``x-death`` and the copy is a new
   message to the quorum queue (its delivery count starts again at 0);
@@ -124,7 +125,7 @@ def retry_copy(
     headers[wire.HEADER_ATTEMPT] = made
     headers[wire.HEADER_EXCEPTION] = exception_text(error)
     copy = _copy(message, headers, expiration=expiration)
-    return "", topology.retry_queue(stage, made), copy
+    return topology.retry_exchange(stage), topology.retry_queue(stage, made), copy
 
 
 def dead_letter_copy(

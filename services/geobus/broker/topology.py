@@ -20,8 +20,23 @@ adds jitter) and then dead-letters it, at least once, through the default
 exchange straight back into ``<prefix>.<stage>``. They are quorum queues:
 RabbitMQ 3.10+ supports message TTL on them, and at-least-once
 dead-lettering (which classic queues lack) means an expiring retry is never
-dropped on its way back. Nobody consumes them and nothing is bound to them:
-the consumer publishes there by queue name.
+dropped on its way back. Nobody consumes them; each stage publishes its
+retries to its own direct exchange ``<prefix>.retry.<stage>``, where every
+level's queue is bound under its own name. (Not through the default
+exchange: a user who may write to ``amq.default`` may put a message into
+*any* queue of the vhost, which a least-privilege user must not; see
+:mod:`geobus.broker.permissions`.)
+
+``<prefix>.canary`` is a fanout exchange with nothing bound: the ingress
+publishes a throw-away message there every second to notice a blocked
+broker (:mod:`geobus.ingress.monitor`); the broker drops and confirms it.
+
+The topology is declared by a user that may configure it (``geobus
+topology``; or every process at start-up while ``GEOBUS_DECLARE_TOPOLOGY``
+is on, the default). With ``GEOBUS_DECLARE_TOPOLOGY=false`` the services
+only check with passive declares, which need no permission, that their
+exchanges and queues exist, and fail with a clear message when one is
+missing.
 
 Dead-letter queues carry an explicit, very high delivery limit: ``geobus dlq
 ls`` reads them with ``basic.get`` and returns every message (each read adds
@@ -33,13 +48,20 @@ drops every returned message.)
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import cast
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, ExchangeType
-from aiormq.exceptions import AMQPConnectionError, ChannelPreconditionFailed
+from aio_pika.abc import AbstractChannel, AbstractConnection, ExchangeType
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    ChannelAccessRefused,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    ProbableAuthenticationError,
+)
 from pamqp.common import FieldTable
 
 from geobus.broker import routing
@@ -118,6 +140,16 @@ class Topology:
         """The exchange every stage queue dead-letters to."""
         return dead_letter_exchange(self.prefix)
 
+    @property
+    def canary_exchange(self) -> str:
+        """The exchange with nothing bound that the ingress's broker monitor publishes to."""
+        return canary_exchange(self.prefix)
+
+    def retry_exchange(self, stage: str) -> str:
+        """The direct exchange a stage publishes its retries to."""
+        _check_stage(stage)
+        return retry_exchange(self.prefix, stage)
+
     def stage_queue(self, stage: str) -> str:
         """The queue a stage consumes."""
         _check_stage(stage)
@@ -180,6 +212,25 @@ def jobs_exchange(prefix: str) -> str:
 def dead_letter_exchange(prefix: str) -> str:
     """``<prefix>.dlx``."""
     return f"{prefix}.dlx"
+
+
+def canary_exchange(prefix: str) -> str:
+    """``<prefix>.canary``."""
+    return f"{prefix}.canary"
+
+
+def retry_exchange(prefix: str, stage: str) -> str:
+    """``<prefix>.retry.<stage>``."""
+    return f"{prefix}.retry.{stage}"
+
+
+def observer_queue(prefix: str, name: str) -> str:
+    """``<prefix>.observer.<name>``: an exclusive queue of a job-event listener (``geobus up``).
+
+    Named by the client: aio-pika's robust channels name an unnamed queue
+    themselves (``amq_<hex>``), so it is not ``amq.gen-…`` either way.
+    """
+    return f"{prefix}.observer.{name}"
 
 
 def stage_queue(prefix: str, stage: str) -> str:
@@ -269,9 +320,13 @@ def topology(
         bindings.append(BindingSpec(name, dlx, dead_letter_routing_key(stage)))
     for stage in STAGES:
         for level, delay in enumerate(retry_delays, start=1):
+            name = retry_queue(prefix, stage, level)
+            # Bound under its own name: the consumer publishes to the stage's
+            # retry exchange with the level's queue name as routing key.
+            bindings.append(BindingSpec(name, retry_exchange(prefix, stage), name))
             queues.append(
                 QueueSpec(
-                    retry_queue(prefix, stage, level),
+                    name,
                     (
                         ("x-queue-type", "quorum"),
                         ("x-message-ttl", round(delay * 1000)),
@@ -287,7 +342,13 @@ def topology(
             )
     return Topology(
         prefix=prefix,
-        exchanges=(ExchangeSpec(features), ExchangeSpec(jobs), ExchangeSpec(dlx)),
+        exchanges=(
+            ExchangeSpec(features),
+            ExchangeSpec(jobs),
+            ExchangeSpec(dlx),
+            *(ExchangeSpec(retry_exchange(prefix, stage), ExchangeType.DIRECT) for stage in STAGES),
+            ExchangeSpec(canary_exchange(prefix), ExchangeType.FANOUT),
+        ),
         queues=tuple(queues),
         bindings=tuple(bindings),
         retry_delays=tuple(float(d) for d in retry_delays),
@@ -323,6 +384,65 @@ async def declare(channel: AbstractChannel, topology: Topology) -> None:
             f"({exc}); delete it or use another GEOBUS_PREFIX"
         )
         raise ConfigurationError(msg) from exc
+    except ChannelAccessRefused as exc:
+        msg = (
+            f"this RabbitMQ user may not declare the geobus topology ({exc}): run "
+            f"`geobus topology` once as a user that may, and start the services with "
+            f"GEOBUS_DECLARE_TOPOLOGY=false"
+        )
+        raise ConfigurationError(msg) from exc
+
+
+async def check(connection: AbstractConnection, topology: Topology) -> None:
+    """Assert that every exchange and queue of ``topology`` exists, with passive declares.
+
+    Passive declares need no permission at all, so a least-privilege user can
+    run this. Bindings cannot be checked this way. Raises ConfigurationError
+    naming every missing object.
+    """
+    missing: list[str] = []
+    channel = await connection.channel()
+    try:
+        for exchange in topology.exchanges:
+            try:
+                await channel.declare_exchange(exchange.name, passive=True)
+            except ChannelNotFoundEntity:
+                missing.append(f"exchange {exchange.name}")
+                channel = await _replace(connection, channel)
+        for spec in topology.queues:
+            try:
+                await channel.declare_queue(spec.name, passive=True)
+            except ChannelNotFoundEntity:
+                missing.append(f"queue {spec.name}")
+                channel = await _replace(connection, channel)
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    if missing:
+        msg = (
+            f"the geobus topology of prefix {topology.prefix!r} is not declared (missing: "
+            f"{', '.join(missing)}); run `geobus topology` as a RabbitMQ user that may "
+            f"configure it (GEOBUS_DECLARE_TOPOLOGY is off)"
+        )
+        raise ConfigurationError(msg)
+
+
+async def _replace(connection: AbstractConnection, channel: AbstractChannel) -> AbstractChannel:
+    """A new channel for one the broker closed (404); closing ours too stops a robust reopen."""
+    with contextlib.suppress(Exception):
+        await channel.close()
+    return await connection.channel()
+
+
+async def ensure(connection: AbstractConnection, topology: Topology, *, declare_it: bool) -> None:
+    """Declare ``topology`` on ``connection`` (``declare_it``), or only :func:`check` it."""
+    if not declare_it:
+        await check(connection, topology)
+        return
+    # A channel of its own: a failed declare closes it.
+    channel = await connection.channel()
+    await declare(channel, topology)
+    await channel.close()
 
 
 async def delete(channel: AbstractChannel, topology: Topology) -> None:
@@ -358,19 +478,34 @@ def describe(topology: Topology) -> str:
     return "\n".join(lines)
 
 
-async def declare_from_settings(settings: Settings) -> Topology:
+async def declare_from_settings(settings: Settings, *, force: bool = False) -> Topology:
     """Connect to ``settings.amqp_url``, declare the topology of ``settings``, disconnect.
 
+    With ``GEOBUS_DECLARE_TOPOLOGY=false`` (and not ``force``, which
+    ``geobus topology`` sets) it only checks that the topology exists.
     Raises TransientError when the broker cannot be reached and
-    ConfigurationError when it holds conflicting objects.
+    ConfigurationError when it refuses the credentials, holds conflicting
+    objects, or lacks some (checking).
     """
     spec = from_settings(settings)
+    connection = await connect(settings.amqp_url)
+    async with connection:
+        await ensure(connection, spec, declare_it=force or settings.declare_topology)
+    return spec
+
+
+async def connect(amqp_url: str) -> AbstractConnection:
+    """A plain connection to ``amqp_url``, its errors translated into geobus's tree.
+
+    Refused credentials are a ConfigurationError (retrying does not help);
+    an unreachable broker, or a TLS failure, is a TransientError. The URL is
+    never part of the message (it may hold a password).
+    """
     try:
-        connection = await aio_pika.connect(settings.amqp_url)
+        return await aio_pika.connect(amqp_url)
+    except ProbableAuthenticationError as exc:
+        msg = f"RabbitMQ refused the credentials ({exc}); check GEOBUS_AMQP_URL"
+        raise ConfigurationError(msg) from exc
     except (AMQPConnectionError, OSError) as exc:
         msg = f"cannot connect to RabbitMQ: {exc}"
         raise TransientError(msg) from exc
-    async with connection:
-        channel = await connection.channel()
-        await declare(channel, spec)
-    return spec

@@ -18,7 +18,13 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 
-from geobus.codec.features import ParsedFeature, parse_feature
+from geobus.codec.features import EXPLAIN_BYTES, ParsedFeature, parse_feature
+from geobus.codec.limits import (
+    DEFAULT_LIMITS,
+    NUMBER_CHARS,
+    DocumentLimits,
+    out_of_range_number,
+)
 from geobus.codec.scanner import RawItem
 from geobus.codec.structure import check_geometry_text
 from geobus.problems import Problem, R
@@ -58,6 +64,9 @@ class BatchContext:
     collection: str = "features"
     crs: str = "OGC:CRS84"
     source: feature_pb2.Source = field(default_factory=feature_pb2.Source)
+    # Decimal digits the job asked coordinates to be snapped to (None: the
+    # deployment's GEOBUS_PRECISION applies downstream).
+    precision: int | None = None
 
 
 @dataclass(slots=True)
@@ -83,9 +92,15 @@ class Totals:
 class BatchBuilder:
     """Accumulates raw features and emits batches; call :meth:`flush` at the end."""
 
-    def __init__(self, context: BatchContext, limits: BatchLimits) -> None:
+    def __init__(
+        self,
+        context: BatchContext,
+        limits: BatchLimits,
+        document: DocumentLimits = DEFAULT_LIMITS,
+    ) -> None:
         self.context = context
         self.limits = limits
+        self.document = document
         self.totals = Totals()
         self._pending: list[ParsedFeature] = []
         self._problems: list[tuple[int, Problem, feature_pb2.FeatureId | None]] = []
@@ -95,7 +110,16 @@ class BatchBuilder:
     def add(self, item: RawItem) -> Iterator[Output]:
         """Take one raw feature; yield a batch when one is full."""
         self.totals.features += 1
-        parsed = parse_feature(item.index, item.text)
+        parsed: ParsedFeature | Problem
+        if item.skipped:
+            parsed = Problem(
+                R.REJECT_REASON_FEATURE_TOO_LARGE,
+                f"the feature's JSON text is {item.skipped} bytes, more than"
+                f" {self.document.max_feature_bytes} (GEOBUS_MAX_FEATURE_BYTES); it was skipped"
+                " unread",
+            )
+        else:
+            parsed = parse_feature(item.index, item.text, self.document)
         if isinstance(parsed, Problem):
             self._problems.append((item.index, parsed, None))
         else:
@@ -197,6 +221,7 @@ class BatchBuilder:
             crs=ctx.crs,
             geometry_encoding=feature_pb2.GEOMETRY_ENCODING_ISO_WKB,
             collection=ctx.collection,
+            precision=ctx.precision,
         )
         add = batch.features.add
         for feature, wkb in features:
@@ -272,7 +297,19 @@ def _suspect(geometries: npt.NDArray[np.object_]) -> npt.NDArray[np.bool_]:
 
 def _explain(text: bytes) -> Problem:
     """The reason a geometry failed the fast path, with its location."""
-    problem = check_geometry_text(text)
+    # A coordinate no double holds (a 10^6-digit integer) is named as such,
+    # before the explanation below would choke on it.
+    bad = out_of_range_number(text, DEFAULT_LIMITS)
+    if bad is not None and len(bad[0]) > NUMBER_CHARS:
+        literal, reason = bad
+        shown = literal[:40].decode("ascii", "replace")
+        return Problem(
+            R.REJECT_REASON_NON_FINITE_COORDINATE,
+            f"the number {shown}… is not a finite double: {reason}",
+            "/geometry",
+        )
+    # Explaining decodes the geometry into Python objects: not for a huge one.
+    problem = None if len(text) > EXPLAIN_BYTES else check_geometry_text(text)
     if problem is not None:
         return problem
     # The structure is fine by RFC 7946 yet GEOS refused it: report GEOS's words.

@@ -17,6 +17,7 @@ import msgspec
 from geobus.codec.batches import BatchBuilder, BatchContext, BatchLimits, Output, Totals
 from geobus.codec.crs import legacy_crs
 from geobus.codec.features import GEOMETRY_TYPES
+from geobus.codec.limits import DEFAULT_LIMITS, DocumentLimits, deeper_than, skeleton
 from geobus.codec.scanner import Framing, RawItem, Scanner
 from geobus.errors import DocumentError
 
@@ -68,10 +69,12 @@ class DocumentConverter:
         context: BatchContext,
         limits: BatchLimits | None = None,
         framing: Framing = "json",
+        document: DocumentLimits = DEFAULT_LIMITS,
     ) -> None:
         self._stream = stream
         self._framing = framing
-        self._builder = BatchBuilder(context, limits or BatchLimits())
+        self._document = document
+        self._builder = BatchBuilder(context, limits or BatchLimits(), document)
         self._head_read = False
         self._crs_found = False
         # What the converter noticed about the whole document, for the job.
@@ -83,11 +86,24 @@ class DocumentConverter:
         return self._builder.totals
 
     def __iter__(self) -> Iterator[Output]:
-        scanner = Scanner(self._stream, self._framing)
+        scanner = Scanner(
+            self._stream, self._framing, max_item_bytes=self._document.max_feature_bytes
+        )
+        limit = self._document.max_features
         for item in scanner:
             if not self._head_read and scanner.top.head:
                 self._head_read = True
                 self._read_crs(scanner.top.head)
+            if item.index >= limit:
+                # Nothing past the limit is read, let alone published; what
+                # came before goes on like the features of a truncated document.
+                yield from self._builder.flush()
+                raise DocumentError(
+                    "document_too_many_features",
+                    f"the document has more than {limit} features (GEOBUS_MAX_FEATURES); the"
+                    f" first {limit} were converted, the rest was not read: split the document",
+                    item.offset,
+                )
             yield from self._builder.add(item)
         if self._framing == "json":
             yield from self._top_level(scanner)
@@ -118,6 +134,18 @@ class DocumentConverter:
 
     def _top_level(self, scanner: Scanner) -> Iterator[Output]:
         members = scanner.top.members
+        depth = self._document.max_depth
+        if (
+            scanner.top.streamed_features
+            and members.count(b"[") + members.count(b"{") > depth
+            and deeper_than(skeleton(members), depth)
+        ):
+            # (A single Feature or Geometry is checked as the feature it is.)
+            raise DocumentError(
+                "document_too_deep",
+                f"the document's top level nests arrays or objects more than {depth} levels"
+                " deep (GEOBUS_MAX_NESTING_DEPTH)",
+            )
         try:
             top = msgspec.json.decode(members, type=_TopLevel)
         except msgspec.DecodeError as exc:
@@ -129,7 +157,16 @@ class DocumentConverter:
                 "document_too_deep", "the document nests arrays or objects too deeply"
             ) from None
         raw_type = bytes(top.type)
-        kind = msgspec.json.decode(raw_type) if raw_type else None
+        try:
+            kind = msgspec.json.decode(raw_type) if raw_type else None
+        except UnicodeDecodeError:
+            # msgspec's Raw does not check UTF-8; decoding the value does.
+            raise DocumentError(
+                "document_not_json", 'the document\'s "type" is not UTF-8 (RFC 8259 §8.1)'
+            ) from None
+        if not isinstance(kind, str | None):
+            # Shown as JSON text below, never used as a dict key (a list is unhashable).
+            kind = raw_type[:40].decode("utf-8", "replace")
         if bytes(top.crs) not in (b"", b"null") and not self._crs_found:
             if self._builder.totals.features:
                 # Batches already left in OGC:CRS84: too late to honour it.

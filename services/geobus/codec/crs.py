@@ -33,7 +33,7 @@ def legacy_crs(raw: bytes) -> str:
     """
     try:
         member: Any = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise _unusable(f"it is not JSON ({exc})") from None
     if not isinstance(member, dict) or not isinstance(member.get("properties"), dict):
         raise _unusable('it must be an object with "type" and "properties"')

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from geobus.codec.limits import DEFAULT_LIMITS, DocumentLimits, check_geometry, check_id
+from geobus.codec.limits import check_properties as check_properties_limits
 from geobus.problems import Problem, R
 from geobus.v1 import feature_pb2
 
@@ -32,6 +34,9 @@ GEOMETRY_TYPES = frozenset(
 _INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NULL = b"null"
+# Explaining a malformed feature decodes it into Python objects; beyond this
+# size the explanation is not worth that memory.
+EXPLAIN_BYTES = 4 * 1024 * 1024
 
 
 class _Member(msgspec.Struct, forbid_unknown_fields=False):
@@ -61,8 +66,11 @@ class ParsedFeature:
     bbox: list[float]
 
 
-def parse_feature(index: int, text: bytes) -> ParsedFeature | Problem:
-    """Check one raw feature (or bare geometry) text and slice its members."""
+def parse_feature(
+    index: int, text: bytes, limits: DocumentLimits = DEFAULT_LIMITS
+) -> ParsedFeature | Problem:
+    """Check one raw feature (or bare geometry) text against RFC 7946 and the
+    document ``limits``, and slice its members."""
     try:
         member = _decoder.decode(text)
     except msgspec.ValidationError:
@@ -73,16 +81,22 @@ def parse_feature(index: int, text: bytes) -> ParsedFeature | Problem:
         # msgspec stops at about a thousand levels; nothing in GeoJSON nests
         # that deep, and GEOS's own parser would overflow its stack on it.
         return Problem(
-            R.REJECT_REASON_INVALID_COORDINATES,
+            R.REJECT_REASON_NESTED_TOO_DEEPLY,
             "the feature's JSON is nested too deeply (arrays or objects inside each other"
             " about a thousand times)",
         )
+    problem = _not_utf8(member)
+    if problem is not None:
+        return problem
     kind = _string(_raw(member.type))
     if kind == "Feature":
-        return _feature(index, member)
+        return _feature(index, member, limits)
     if kind in GEOMETRY_TYPES:
         # A bare geometry (a sequence record or a whole document) is a feature
         # with that geometry and no properties.
+        problem = check_geometry(text, limits, "", 0)
+        if problem is not None:
+            return problem
         return ParsedFeature(index=index, id=None, geometry=text, properties=b"", bbox=[])
     if kind is None:
         return Problem(
@@ -101,7 +115,7 @@ def _raw(value: msgspec.Raw) -> bytes:
     return bytes(value)
 
 
-def _feature(index: int, member: _Member) -> ParsedFeature | Problem:
+def _feature(index: int, member: _Member, limits: DocumentLimits) -> ParsedFeature | Problem:
     geometry = _raw(member.geometry)
     if not geometry:
         return Problem(
@@ -128,7 +142,15 @@ def _feature(index: int, member: _Member) -> ParsedFeature | Problem:
             '"properties" must be a JSON object or null',
             "/properties",
         )
-    feature_id = _feature_id(_raw(member.id))
+    raw_id = _raw(member.id)
+    problem = (
+        (check_geometry(geometry, limits, "/geometry", 1) if geometry else None)
+        or (check_properties_limits(properties, limits) if properties else None)
+        or check_id(raw_id, limits)
+    )
+    if problem is not None:
+        return problem
+    feature_id = _feature_id(raw_id)
     if isinstance(feature_id, Problem):
         return feature_id
     bbox = _bbox(_raw(member.bbox))
@@ -137,6 +159,27 @@ def _feature(index: int, member: _Member) -> ParsedFeature | Problem:
     return ParsedFeature(
         index=index, id=feature_id, geometry=geometry, properties=properties, bbox=bbox
     )
+
+
+def _not_utf8(member: _Member) -> Problem | None:
+    """The member geobus decodes or stores that is not UTF-8 (msgspec's Raw does not check)."""
+    for raw, pointer in (
+        (member.type, "/type"),
+        (member.id, "/id"),
+        (member.properties, "/properties"),
+    ):
+        text = _raw(raw)
+        if text.isascii():
+            continue  # the common case, in one fast C pass
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Problem(
+                R.REJECT_REASON_MALFORMED_JSON,
+                f"the text is not UTF-8 (RFC 8259 §8.1): {exc.reason} at byte {exc.start}",
+                pointer,
+            )
+    return None
 
 
 def _string(raw: bytes) -> str | None:
@@ -190,7 +233,7 @@ def _malformed(text: bytes, exc: msgspec.DecodeError) -> Problem:
     # reports with its exact location.
     from geobus.codec.structure import check_feature_text
 
-    problem = check_feature_text(text)
+    problem = check_feature_text(text) if len(text) <= EXPLAIN_BYTES else None
     if problem is not None:
         return problem
     return Problem(R.REJECT_REASON_MALFORMED_JSON, f"the feature is not valid JSON: {exc}")

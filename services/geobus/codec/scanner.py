@@ -4,7 +4,10 @@ The scanner never decodes coordinates: it finds where each feature object
 starts and ends with a handful of C-level regular-expression matches per
 feature (runs without strings or braces are skipped in one match, however
 many coordinates they hold), so memory stays bounded by the largest single
-feature, not by the document.
+feature, not by the document; and a feature larger than ``max_item_bytes`` is
+skipped while it streams past (its bytes are dropped as they are read) and
+handed out as a :class:`RawItem` with ``skipped`` set, so not even one
+feature can make the reader hold more than about that many bytes.
 
 Three framings are understood:
 
@@ -21,24 +24,32 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
-import msgspec
-
 from geobus.errors import DocumentError
 
 Framing = Literal["json", "seq", "ndjson"]
 
 CHUNK_BYTES = 1 << 20
+MAX_ITEM_BYTES = 64 * 1024 * 1024
 
 # Inside an object only braces matter for finding its end: strings are matched
 # whole (so braces inside them are ignored) and everything else — numbers,
 # brackets, commas, colons, literals, whitespace — is skipped as one run.
-_TOKEN = re.compile(rb'[^"{}]+|"[^"\\]*(?:\\.[^"\\]*)*"|[{}]', re.DOTALL)
+# Possessive: a string not closed yet fails at once instead of backtracking
+# through all of its bytes each time more of it is read.
+_TOKEN = re.compile(rb'[^"{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+"|[{}]', re.DOTALL)
 # Everything that is not a brace, strings matched whole (braces inside them
 # do not count); stops before a brace or before a string not closed yet.
 # Possessive quantifiers: nothing here ever needs to backtrack, and not
 # recording backtrack points makes the match ~20% faster.
 _STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
 _SKIP = re.compile(rb"(?:[^\"{}]++|" + _STRING + rb")*+", re.DOTALL)
+# The same for a value where an array stands: brackets count too.
+_SKIP_ANY = re.compile(rb"(?:[^\"{}\[\]]++|" + _STRING + rb")*+", re.DOTALL)
+# The rest of a string whose opening quote was consumed, up to its closing
+# quote or the end of the window (a backslash at the very end waits for more).
+_STRING_REST = re.compile(rb'(?:[^"\\]++|\\.)*+', re.DOTALL)
+# A number or literal where a feature should be, up to what ends it.
+_SCALAR = re.compile(rb"[^,\]}\s]*+")
 
 
 def _object_pattern(depth: int) -> bytes:
@@ -55,6 +66,7 @@ def _object_pattern(depth: int) -> bytes:
 # buffer, fails the match and takes the brace-by-brace loop.
 _OBJECT = re.compile(_object_pattern(5), re.DOTALL)
 _OPEN, _CLOSE = ord("{"), ord("}")
+_OPENERS, _CLOSERS, _QUOTE = frozenset(b"{["), frozenset(b"}]"), ord('"')
 _WS = re.compile(rb"[ \t\r\n]*")
 _FEATURES_OPEN = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*\[")
 _COLON = re.compile(rb"[ \t\r\n]*:")
@@ -69,6 +81,9 @@ class RawItem:
     index: int
     text: bytes
     offset: int
+    # Bytes of an element larger than the scanner's max_item_bytes, which was
+    # skipped unread (``text`` is then empty); 0 for an element handed out.
+    skipped: int = 0
 
 
 @dataclass(slots=True)
@@ -121,12 +136,28 @@ class _Buffer:
     def truncated(self, pos: int, where: str) -> DocumentError:
         return DocumentError("document_truncated", f"the document ends {where}", self.base + pos)
 
+    def too_large(self, limit: int) -> DocumentError:
+        return DocumentError(
+            "document_too_large",
+            f'the document\'s top level (everything outside its "features" array: a single Feature'
+            f" or Geometry, or other members) is larger than {limit} bytes"
+            " (GEOBUS_MAX_FEATURE_BYTES)",
+            self.base,
+        )
+
 
 class Scanner:
     """Iterate over the raw features of a document; see the module docstring."""
 
-    def __init__(self, stream: BinaryIO, framing: Framing = "json", chunk: int = CHUNK_BYTES):
+    def __init__(
+        self,
+        stream: BinaryIO,
+        framing: Framing = "json",
+        chunk: int = CHUNK_BYTES,
+        max_item_bytes: int = MAX_ITEM_BYTES,
+    ):
         self._buf = _Buffer(stream, chunk)
+        self._max = max_item_bytes
         self.top = TopLevel(framing=framing)
 
     def __iter__(self) -> Iterator[RawItem]:
@@ -144,16 +175,28 @@ class Scanner:
         coordinate run after every chunk would be quadratic.
         """
         buf = self._buf
+        scanned = pos + 1  # how far a string opening at pos is known not to close
         while True:
             m = _TOKEN.match(buf.data, pos)
             if m is not None and (
                 m.end() < len(buf.data) or buf.eof or buf.data[pos] not in b'"{}'
             ):
                 return m
-            if not buf.more():
-                if m is not None:
-                    return m
-                raise buf.truncated(pos, where)
+            while True:
+                if len(buf.data) - pos > self._max:
+                    # A string longer than a feature may be is not held to its end.
+                    raise buf.too_large(self._max)
+                if not buf.more():
+                    if m is not None:
+                        return m
+                    raise buf.truncated(pos, where)
+                if buf.data[pos] != _QUOTE:
+                    break
+                # Match the string again only once its closing quote came in:
+                # re-matching it from its start after every chunk is quadratic.
+                scanned = _match_end(_STRING_REST, buf.data, scanned)
+                if scanned < len(buf.data) and buf.data[scanned] == _QUOTE:
+                    break
 
     def _json(self) -> Iterator[RawItem]:
         buf = self._buf
@@ -180,6 +223,9 @@ class Scanner:
             m = self._token(pos, "inside the top-level object")
             token = m.group()
             pos = m.end()
+            if pos - start > self._max:
+                # The top level is kept whole: bounded like one feature.
+                raise buf.too_large(self._max)
             if token == b"{":
                 depth += 1
             elif token == b"}":
@@ -225,51 +271,105 @@ class Scanner:
                     raise buf.truncated(pos, "inside the features array")
             first = False
             pos -= buf.drop_before(pos)
-            end = self._value_end(pos)
-            yield RawItem(index=index, text=bytes(buf.data[pos:end]), offset=buf.base + pos)
+            offset = buf.base + pos
+            end, kept = self._value_end(pos)
+            if kept:
+                yield RawItem(index=index, text=bytes(buf.data[pos:end]), offset=offset)
+            else:
+                yield RawItem(index=index, text=b"", offset=offset, skipped=buf.base + end - offset)
             index += 1
             pos = end
 
-    def _value_end(self, pos: int) -> int:
-        """End offset of the JSON value starting at ``pos`` (reading more as needed)."""
+    def _value_end(self, pos: int) -> tuple[int, bool]:
+        """End offset of the JSON value starting at ``pos`` (reading more as needed),
+        and whether its bytes are still in the window (False: it was longer than
+        ``max_item_bytes`` and was dropped while it was read)."""
         buf = self._buf
         whole = _OBJECT.match(buf.data, pos)
         if whole is not None:
-            return whole.end()
-        if buf.data[pos : pos + 1] == b"{":
-            depth = 0
-            cur = pos
-            while True:
+            end = whole.end()
+            return end, end - pos <= self._max
+        first = buf.data[pos]
+        if first in _OPENERS:
+            # An array where a feature should be is wrong but must still be
+            # stepped over exactly, brackets and all, in linear time.
+            return self._container_end(pos, _SKIP if first == _OPEN else _SKIP_ANY)
+        return self._scalar_end(pos)
+
+    def _container_end(self, pos: int, skip: re.Pattern[bytes]) -> tuple[int, bool]:
+        buf = self._buf
+        start = buf.base + pos
+        depth = 0
+        cur = pos
+        kept = True
+        in_string = False
+        while True:
+            if in_string:
+                cur = _match_end(_STRING_REST, buf.data, cur)
+                if cur < len(buf.data) and buf.data[cur] == _QUOTE:
+                    in_string = False
+                    cur += 1
+                    continue
+            else:
                 # One C-level match skips everything up to the next brace,
                 # strings included: a feature costs a few Python steps, not
                 # one per property.
-                m = _SKIP.match(buf.data, cur)
-                cur = m.end() if m else cur
-                if cur >= len(buf.data):
-                    if not buf.more():
-                        raise buf.truncated(cur, "inside a feature")
+                cur = _match_end(skip, buf.data, cur)
+                if cur < len(buf.data):
+                    ch = buf.data[cur]
+                    cur += 1
+                    if ch in _OPENERS:
+                        depth += 1
+                    elif ch in _CLOSERS:
+                        depth -= 1
+                        if depth == 0:
+                            return cur, kept and buf.base + cur - start <= self._max
+                    else:
+                        # A '"' whose string does not end in the window:
+                        # carry on inside it rather than matching it again.
+                        in_string = True
                     continue
-                ch = buf.data[cur]
-                if ch == _OPEN:
-                    depth += 1
-                elif ch == _CLOSE:
-                    depth -= 1
-                    if depth == 0:
-                        return cur + 1
-                elif not buf.more():
-                    # A '"' whose string does not end before the window does.
-                    raise buf.truncated(cur, "inside a string")
-                else:
-                    continue
-                cur += 1
-        # Not an object (a number, string, array...): rare and wrong, so a
-        # slow path is fine.
+            cur, kept = self._need_more(cur, start, kept, "inside a feature")
+
+    def _scalar_end(self, pos: int) -> tuple[int, bool]:
+        buf = self._buf
+        start = buf.base + pos
+        kept = True
+        quoted = buf.data[pos] == _QUOTE
+        cur = pos + 1 if quoted else pos
         while True:
-            try:
-                return pos + _non_object_length(bytes(buf.data[pos:]), buf.eof)
-            except _NeedMoreError:
-                if not buf.more():
-                    raise buf.truncated(pos, "inside the features array") from None
+            if quoted:
+                cur = _match_end(_STRING_REST, buf.data, cur)
+                if cur < len(buf.data) and buf.data[cur] == _QUOTE:
+                    cur += 1
+                    break
+            else:
+                cur = _match_end(_SCALAR, buf.data, cur)
+                if cur < len(buf.data) or buf.eof:
+                    break
+            cur, kept = self._need_more(cur, start, kept, "inside the features array")
+        if buf.base + cur == start:
+            raise DocumentError(
+                "document_malformed",
+                f"expected a feature, found {bytes(buf.data[cur : cur + 16])!r}",
+                start,
+            )
+        return cur, kept and buf.base + cur - start <= self._max
+
+    def _need_more(self, cur: int, start: int, kept: bool, where: str) -> tuple[int, bool]:
+        """Read another chunk for the value that began at document offset ``start``.
+
+        Once the value is longer than ``max_item_bytes`` what was read of it is
+        dropped, so that memory stays bounded however long it goes on.
+        """
+        buf = self._buf
+        if kept and buf.base + len(buf.data) - start > self._max:
+            kept = False
+        if not kept:
+            cur -= buf.drop_before(cur)
+        if not buf.more():
+            raise buf.truncated(cur, where)
+        return cur, kept
 
     # -- helpers -----------------------------------------------------------
 
@@ -285,9 +385,13 @@ class Scanner:
         while True:
             m = _WS.match(buf.data, pos)
             end = m.end() if m else pos
-            if end < len(buf.data) or not buf.more():
+            if end < len(buf.data):
                 return end
-            pos = end
+            # Whitespace that was skipped is not kept (gigabytes of it are
+            # legal JSON); callers only use positions from here on.
+            pos = end - buf.drop_before(end)
+            if not buf.more():
+                return pos
 
     def _match_more(self, pattern: re.Pattern[bytes], pos: int) -> int | None:
         """Match ``pattern`` at ``pos``, reading more while it could still match."""
@@ -320,48 +424,52 @@ class Scanner:
         sep = b"\x1e" if self.top.framing == "seq" else b"\n"
         index = 0
         pos = 0
+        searched = 0  # the separator is not in data[pos:searched]
+        skipped = 0  # bytes of an oversize record already dropped
         while True:
-            cut = buf.data.find(sep, pos)
+            cut = buf.data.find(sep, searched)
             if cut < 0:
-                buf.drop_before(pos)
-                pos = 0
+                searched = len(buf.data)
+                if skipped or len(buf.data) - pos > self._max:
+                    # A record larger than a feature may be: dropped as it is read.
+                    skipped += len(buf.data) - pos
+                    buf.drop_before(len(buf.data))
+                    pos = searched = 0
+                moved = buf.drop_before(pos)
+                pos, searched = 0, searched - moved
                 if buf.more():
                     continue
                 cut = len(buf.data)
-                if cut == 0:
+                if cut == 0 and not skipped:
                     return
-            record = bytes(buf.data[pos:cut])
-            offset = buf.base + pos
-            pos = cut + 1
+            offset = buf.base + pos - skipped
+            if skipped:
+                yield RawItem(index=index, text=b"", offset=offset, skipped=skipped + cut - pos)
+                index += 1
+                skipped = 0
+                pos = searched = cut + 1
+                if cut >= len(buf.data) and buf.eof:
+                    return
+                continue
+            size = cut - pos
+            record = bytes(buf.data[pos:cut]) if size <= self._max else b""
+            pos = searched = cut + 1
             if index == 0 and offset == 0 and record.startswith(_UTF8_BOM):
                 record = record[len(_UTF8_BOM) :]
             text = record.strip(b" \t\r\n\x1e")
-            if text:
+            if size > self._max:
+                # Judged on the record as read, like a record skipped while
+                # it streamed in, so that read sizes never change the outcome.
+                yield RawItem(index=index, text=b"", offset=offset, skipped=size)
+                index += 1
+            elif text:
                 yield RawItem(index=index, text=text, offset=offset)
                 index += 1
             if cut >= len(buf.data) and buf.eof:
                 return
 
 
-class _NeedMoreError(Exception):
-    """The window ends before the value does."""
-
-
-_ELEMENT_END = re.compile(rb"[,\]]")
-
-
-def _non_object_length(data: bytes, eof: bool) -> int:
-    """Length of the non-object JSON value at the start of ``data``."""
-    # Try each ',' or ']' as the end until the prefix decodes: quadratic, but
-    # only for malformed documents that put arrays or scalars where features
-    # belong.
-    for m in _ELEMENT_END.finditer(data):
-        candidate = data[: m.start()].rstrip(b" \t\r\n")
-        try:
-            msgspec.json.decode(candidate)
-        except msgspec.DecodeError:
-            continue
-        return len(candidate)
-    if eof:
-        return len(data)
-    raise _NeedMoreError
+def _match_end(pattern: re.Pattern[bytes], data: bytearray, pos: int) -> int:
+    """Where a match of ``pattern`` (which may match nothing) at ``pos`` ends."""
+    m = pattern.match(data, pos)
+    return m.end() if m is not None else pos

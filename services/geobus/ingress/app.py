@@ -23,19 +23,25 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from geobus import metrics
+from geobus.ingress import admin
 from geobus.ingress.admission import Admission, BrokerPressure, Drain
-from geobus.ingress.documents import job_document, rejects_document
+from geobus.ingress.documents import rejects_document
 from geobus.ingress.intake import post_features
 from geobus.ingress.monitor import BrokerProbe, watch
+from geobus.ingress.openapi import get_openapi
 from geobus.ingress.ports import JobStore, Publisher, PublisherFactory
 from geobus.ingress.problem import EXCEPTION_HANDLERS, problem
 from geobus.ingress.resources import InvalidParameterError, Resources, resources_of
 from geobus.ingress.resume import resume_spooled
 from geobus.ingress.runner import ConversionRunner, PoolRunner, process_pool
+from geobus.ingress.telemetry import Telemetry, metrics_endpoint
+from geobus.jobs import job_document
 from geobus.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,10 +57,17 @@ READY_TIMEOUT = 2.0
 # -- job API -------------------------------------------------------------------
 
 
+def _could_be_job(job_id: str) -> bool:
+    """False for ids no job can have; PostgreSQL refuses to even compare NUL in text."""
+    return "\x00" not in job_id
+
+
 async def get_job(request: Request) -> Response:
     """The job's status document."""
     job_id = request.path_params["job_id"]
-    job = await asyncio.to_thread(resources_of(request).store.get_job, job_id)
+    job = None
+    if _could_be_job(job_id):
+        job = await asyncio.to_thread(resources_of(request).store.get_job, job_id)
     if job is None:
         return problem(404, f"no job {job_id!r}", instance=request.url.path, code="unknown-job")
     return JSONResponse(job_document(job))
@@ -85,7 +98,7 @@ async def get_rejects(request: Request) -> Response:
         return problem(
             422, exc.detail, instance=request.url.path, code=exc.code, parameter=exc.parameter
         )
-    job = await asyncio.to_thread(store.get_job, job_id)
+    job = await asyncio.to_thread(store.get_job, job_id) if _could_be_job(job_id) else None
     if job is None:
         return problem(404, f"no job {job_id!r}", instance=request.url.path, code="unknown-job")
     # One more than asked tells whether a next page exists.
@@ -169,6 +182,7 @@ def create_app(
     probe_factory: ProbeFactory | None = None,
     pressure: BrokerPressure | None = None,
     drain: Drain | None = None,
+    deadletters: admin.DeadLetters | None = None,
 ) -> Starlette:
     """The ingress application. Nothing is opened until its lifespan starts.
 
@@ -178,9 +192,13 @@ def create_app(
     default through its own AMQP connections, unless a ``publisher`` or
     ``publisher_factory`` is given (tests with fakes): then nobody updates
     ``pressure`` but the caller. ``drain`` is set by the server on SIGTERM.
+    ``deadletters`` replaces the broker's dead letters behind the admin
+    endpoints (:mod:`geobus.ingress.admin`) for tests.
     """
     broker_pressure = pressure or BrokerPressure()
     draining = drain or Drain()
+    # Opens a connection per admin request only: nothing to close at shutdown.
+    dead_letters = deadletters or admin.BrokerDeadLetters(settings)
     if probe_factory is None and publisher is None and publisher_factory is None:
         probe_factory = amqp_probe
 
@@ -207,7 +225,12 @@ def create_app(
                 probe = await probe_factory(settings)
                 await stack.enter_async_context(_watching(probe, broker_pressure))
             await resume_spooled(settings.spool_dir, job_store, runner)
-            yield {"resources": Resources(settings, job_store, broker, runner, admission)}
+            # Samples the loop's lag for /metrics (geobus_event_loop_lag_seconds).
+            await stack.enter_async_context(metrics.loop_lag_probe())
+            yield {
+                "resources": Resources(settings, job_store, broker, runner, admission),
+                "deadletters": dead_letters,
+            }
 
     routes = [
         Route("/v1/features", post_features, methods=["POST"]),
@@ -215,5 +238,14 @@ def create_app(
         Route("/v1/jobs/{job_id}/rejects", get_rejects, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", get_openapi, methods=["GET"]),
+        *admin.ROUTES,
     ]
-    return Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+        # Counts, times and traces every request (geobus.ingress.telemetry).
+        middleware=[Middleware(Telemetry)],
+    )

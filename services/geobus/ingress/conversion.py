@@ -24,10 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from geobus import logs, tracing
+from geobus.broker import routing, wire
+from geobus.broker.topology import features_exchange, jobs_exchange
 from geobus.codec.batches import STAGE, BatchContext, BatchLimits, Output, Totals
 from geobus.codec.convert import MEDIA_TYPES, DocumentConverter
+from geobus.codec.limits import DEFAULT_LIMITS, DocumentLimits
 from geobus.errors import DocumentError
-from geobus.ingress import names
 from geobus.ingress.ports import Publisher
 from geobus.ingress.spool import SpoolMeta
 from geobus.settings import Settings
@@ -74,6 +77,7 @@ def context_for(meta: SpoolMeta) -> BatchContext:
         collection=meta.collection,
         crs=meta.source_crs or DEFAULT_CRS,
         source=feature_pb2.Source(uri=SOURCE_URI, media_type=meta.media_type),
+        precision=meta.precision,
     )
 
 
@@ -162,6 +166,7 @@ async def publish_document(
     prefix: str,
     *,
     window: int = PUBLISH_WINDOW,
+    document: DocumentLimits = DEFAULT_LIMITS,
 ) -> ConversionResult:
     """Convert ``stream`` and publish every batch, then ``job.sealed`` (or ``job.failed``).
 
@@ -170,30 +175,30 @@ async def publish_document(
     (broker away) propagates, leaving the job to be resumed from its spool.
     """
     converter = DocumentConverter(
-        stream, context_for(meta), limits, framing=MEDIA_TYPES[meta.media_type]
+        stream, context_for(meta), limits, framing=MEDIA_TYPES[meta.media_type], document=document
     )
-    features, jobs = names.features_exchange(prefix), names.jobs_exchange(prefix)
+    features, jobs = features_exchange(prefix), jobs_exchange(prefix)
     job_id = meta.job_id
     pending = _Window(publisher, window)
     outputs = iter(converter)
     try:
         while (out := await asyncio.to_thread(_next, outputs)) is not None:
             if out.batch is not None:
-                key = names.FEATURE_INGESTED
+                key = routing.FEATURE_INGESTED
                 await pending.publish(
                     features,
                     key,
                     out.batch.SerializeToString(),
-                    names.message_id(job_id, key, out.sequence),
+                    wire.message_id(job_id, key, out.sequence),
                     job_id,
                 )
             if out.rejections is not None:
-                key = names.FEATURE_REJECTED
+                key = routing.FEATURE_REJECTED
                 await pending.publish(
                     features,
                     key,
                     out.rejections.SerializeToString(),
-                    names.message_id(job_id, key, out.sequence),
+                    wire.message_id(job_id, key, out.sequence),
                     job_id,
                 )
     except DocumentError as exc:
@@ -208,9 +213,9 @@ async def publish_document(
         failed.failed_at.FromDatetime(_now())
         await publisher.publish(
             jobs,
-            names.JOB_FAILED,
+            routing.JOB_FAILED,
             failed.SerializeToString(),
-            message_id=names.message_id(job_id, names.JOB_FAILED, 0),
+            message_id=wire.message_id(job_id, routing.JOB_FAILED, 0),
             correlation_id=job_id,
             stage=STAGE,
         )
@@ -230,9 +235,9 @@ async def publish_document(
     sealed.sealed_at.FromDatetime(_now())
     await publisher.publish(
         jobs,
-        names.JOB_SEALED,
+        routing.JOB_SEALED,
         sealed.SerializeToString(),
-        message_id=names.message_id(job_id, names.JOB_SEALED, 0),
+        message_id=wire.message_id(job_id, routing.JOB_SEALED, 0),
         correlation_id=job_id,
         stage=STAGE,
     )
@@ -260,7 +265,12 @@ async def _convert(spool_path: Path, meta: SpoolMeta, settings: Settings) -> Con
         with ExitStack() as files:
             stream = files.enter_context(open_body(spool_path, meta.content_encoding))
             return await publish_document(
-                stream, meta, limits_for(meta, settings), publisher, settings.prefix
+                stream,
+                meta,
+                limits_for(meta, settings),
+                publisher,
+                settings.prefix,
+                document=DocumentLimits.from_settings(settings),
             )
     finally:
         await publisher.close()
@@ -268,7 +278,10 @@ async def _convert(spool_path: Path, meta: SpoolMeta, settings: Settings) -> Con
 
 def convert_and_publish(spool_path: str, meta: SpoolMeta, settings: Settings) -> ConversionResult:
     """Worker-process entry: convert the spooled body of ``meta.job_id`` and publish it."""
-    return asyncio.run(_convert(Path(spool_path), meta, settings))
+    # A fresh interpreter: log like the ingress; every message carries the job's trace.
+    logs.configure(settings.log_level, settings.log_format)
+    with logs.bind(job_id=meta.job_id, stage=STAGE), tracing.use(meta.traceparent):
+        return asyncio.run(_convert(Path(spool_path), meta, settings))
 
 
 def warm_up() -> None:

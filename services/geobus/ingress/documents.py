@@ -1,65 +1,32 @@
-"""The JSON documents of the job API (OGC API - Processes ``statusInfo``)."""
+"""The job API's lists: jobs (OGC API - Processes ``jobList``) and a job's rejects.
+
+A job's own status document is :func:`geobus.jobs.job_document` (the writer's
+callbacks send it too).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from geobus.ingress.ports import JobRecord, RejectionRecord
-
-PROCESS_ID = "ingest"
-
-
-def job_path(job_id: str) -> str:
-    """The path of a job's status document (also the 202's ``Location``)."""
-    return f"/v1/jobs/{job_id}"
+from geobus.jobs import JOBS_PATH, job_document, job_path
 
 
-def rfc3339(moment: datetime | None) -> str | None:
-    """``2026-05-09T07:35:25.123456Z`` (UTC), or None."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def jobs_document(
+    jobs: Sequence[JobRecord], *, limit: int, offset: int, more: bool, status: str | None = None
+) -> dict[str, Any]:
+    """One page of the job list (OGC API - Processes ``jobList``); ``next`` linked when ``more``."""
 
+    def page(at: int) -> str:
+        query = {"limit": limit, "offset": at} | ({"status": status} if status else {})
+        return f"{JOBS_PATH}?{urlencode(query)}"
 
-def job_document(job: JobRecord) -> dict[str, Any]:
-    """The ``statusInfo`` of a job, with geobus's ``collection`` and ``counts``."""
-    path = job_path(job.job_id)
-    counts = job.counts
-    return {
-        "jobID": job.job_id,
-        "processID": PROCESS_ID,
-        "type": "process",
-        "status": job.status,
-        "message": job.message,
-        "progress": job.progress,
-        "created": rfc3339(job.created),
-        "started": rfc3339(job.started),
-        "finished": rfc3339(job.finished),
-        "updated": rfc3339(job.updated),
-        "collection": job.collection,
-        "warnings": list(job.warnings),
-        "counts": {
-            "received": counts.received,
-            "valid": counts.valid,
-            "repaired": counts.repaired,
-            "rejected": counts.rejected,
-            "stored": counts.stored,
-            "adjusted": dict(counts.adjusted),
-        },
-        "links": [
-            {"href": path, "rel": "self", "type": "application/json", "title": "this job"},
-            {
-                "href": f"{path}/rejects",
-                "rel": "rejects",
-                "type": "application/json",
-                "title": "features that were rejected, with the reason",
-            },
-        ],
-    }
+    links = [{"href": page(offset), "rel": "self", "type": "application/json"}]
+    if more:
+        links.append({"href": page(offset + limit), "rel": "next", "type": "application/json"})
+    return {"jobs": [job_document(job) for job in jobs], "links": links}
 
 
 def rejects_document(

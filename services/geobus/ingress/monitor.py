@@ -6,7 +6,9 @@ Once a second the monitor
   reply carries the count of ready messages), on a connection that never
   publishes, so that a blocked broker still answers it;
 - publishes a *canary* — a tiny, unroutable, non-persistent message to the
-  default exchange, which the broker drops and confirms at once — on a second
+  ``<prefix>.canary`` exchange (nothing is bound to it; not the default
+  exchange, which a least-privilege user may not write to), which the broker
+  drops and confirms at once — on a second
   connection with publisher confirms, and waits for the confirm.
 
 Under a memory or disk alarm RabbitMQ stops reading from every connection
@@ -157,17 +159,25 @@ class AmqpProbe:
         publishing: AbstractRobustConnection,
         queues: Sequence[str],
         canary_key: str,
+        canary_exchange: str = "",
     ) -> None:
         self._reading = reading
         self._publishing = publishing
         self._queues = tuple(queues)
         self._canary_key = canary_key
+        self._canary_exchange = canary_exchange
         self._read_channel: AbstractRobustChannel | None = None
         self._publish_channel: AbstractChannel | None = None
 
     @classmethod
-    async def connect(cls, amqp_url: str, queues: Sequence[str], canary_key: str) -> AmqpProbe:
-        """Open both connections (raises TransientError when the broker is away)."""
+    async def connect(
+        cls, amqp_url: str, queues: Sequence[str], canary_key: str, canary_exchange: str = ""
+    ) -> AmqpProbe:
+        """Open both connections (raises TransientError when the broker is away).
+
+        The canary goes to ``canary_exchange`` with ``canary_key``; ``""`` is
+        the default exchange, which routes by queue name.
+        """
         try:
             reading = await aio_pika.connect_robust(amqp_url)
         except (AMQPError, OSError) as exc:
@@ -179,7 +189,7 @@ class AmqpProbe:
             await reading.close()
             msg = f"cannot connect to RabbitMQ to watch the queues: {exc}"
             raise TransientError(msg) from exc
-        return cls(reading, publishing, queues, canary_key)
+        return cls(reading, publishing, queues, canary_key, canary_exchange)
 
     async def queue_depths(self) -> Mapping[str, int]:
         """Ready messages per stage queue (passive declares: nothing is created)."""
@@ -203,9 +213,14 @@ class AmqpProbe:
             channel = self._publish_channel = await self._publishing.channel(
                 publisher_confirms=True
             )
-        # The default exchange routes by queue name; no queue has this one,
-        # so the broker drops the message and confirms it.
-        await channel.default_exchange.publish(
+        # Nothing is bound to the canary exchange, and on the default exchange
+        # no queue has the canary's name: the broker drops it and confirms.
+        exchange = (
+            await channel.get_exchange(self._canary_exchange, ensure=False)
+            if self._canary_exchange
+            else channel.default_exchange
+        )
+        await exchange.publish(
             aio_pika.Message(b"", delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
             self._canary_key,
             mandatory=False,

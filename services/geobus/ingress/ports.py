@@ -21,7 +21,10 @@ class JobStore(Protocol):
     """The job ledger; every method blocks, so the ingress calls them in a thread."""
 
     def create_job(self, job: JobRecord) -> None:
-        """Record a new job in status ``accepted``."""
+        """Record a new job in status ``accepted`` unless its idempotency key is taken."""
+
+    def job_for_key(self, idempotency_key: str) -> JobRecord | None:
+        """The job recorded under ``idempotency_key``, or None."""
 
     def mark_running(self, job_id: str, at: datetime) -> None:
         """The conversion of the job started."""

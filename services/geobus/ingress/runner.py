@@ -35,12 +35,16 @@ from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from typing import Protocol
 
+from geobus import logs, metrics, tracing
+from geobus.broker import routing, wire
+from geobus.broker.topology import jobs_exchange
 from geobus.errors import TransientError
-from geobus.ingress import conversion, names, spool
+from geobus.ingress import conversion, spool
 from geobus.ingress.ports import JobStore, Publisher
 from geobus.ingress.spool import SpoolMeta
 from geobus.settings import Settings
 from geobus.v1 import feature_pb2, job_pb2
+from geobus.workerpool import WORKER_NICENESS, lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,7 @@ RETRY_MAX = 30.0
 CRASH_ATTEMPTS = 3
 """Conversions of one job that may crash (not fail transiently) before the job fails."""
 WATCHDOG_INTERVAL = 0.5
+CONVERSION_NICENESS = 0
 
 PoolFactory = Callable[[], Executor]
 
@@ -67,8 +72,12 @@ class ConversionRunner(Protocol):
         """Stop taking jobs, let those in flight finish for a while; the rest stay spooled."""
 
 
-def _worker_init(ingress_pid: int) -> None:
+def _worker_init(ingress_pid: int, niceness: int = 0) -> None:
     """Set up a conversion worker: the ingress alone decides when it stops.
+
+    It runs ``niceness`` steps below the ingress's CPU priority, so that the
+    event loop answering other requests gets a core first (see
+    :data:`~geobus.workerpool.WORKER_NICENESS`).
 
     A SIGTERM or Ctrl-C sent to the whole process group must not kill a
     conversion half-way (the ingress waits for it, or stops it itself), and
@@ -79,6 +88,7 @@ def _worker_init(ingress_pid: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    lower_priority(niceness)
     watchdog = threading.Thread(
         target=_die_with, args=(ingress_pid,), name="ingress watchdog", daemon=True
     )
@@ -115,14 +125,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def process_pool(workers: int = 1) -> ProcessPoolExecutor:
+def process_pool(workers: int = 1, niceness: int = CONVERSION_NICENESS) -> ProcessPoolExecutor:
     """A pool of fresh interpreters (never forked from the running event loop)."""
     method = "forkserver" if sys.platform == "linux" else "spawn"
     return ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context(method),
         initializer=_worker_init,
-        initargs=(os.getpid(),),
+        initargs=(os.getpid(), niceness),
     )
 
 
@@ -181,6 +191,9 @@ class PoolRunner:
 
     async def run(self, meta: SpoolMeta) -> conversion.ConversionResult | None:
         """Carry out one job, retrying until it is done; None when it stays spooled."""
+        # This task's log lines and messages carry the job's id and trace.
+        logs.bind_task(job_id=meta.job_id, stage=STAGE)
+        tracing.use_task(meta.traceparent)
         delay = self._retry_first
         crashes = 0
         while True:
@@ -217,10 +230,12 @@ class PoolRunner:
             self._settings,
         )
         self._futures[job_id] = future
+        started = metrics.now()
         try:
             result = await asyncio.wrap_future(future)
         finally:
             del self._futures[job_id]
+        metrics.observe_conversion(result.features, result.rejected, result.failed, started)
         if result.failed:
             await asyncio.to_thread(
                 self._store.mark_failed,
@@ -267,10 +282,10 @@ class PoolRunner:
         """Publish ``job.accepted``: an event for outside consumers, no geobus queue needs it."""
         # Not mandatory (see Topology.binds): no geobus queue needs to hear it.
         await self._publisher.publish(
-            names.jobs_exchange(self._settings.prefix),
-            names.JOB_ACCEPTED,
+            jobs_exchange(self._settings.prefix),
+            routing.JOB_ACCEPTED,
             accepted_message(meta).SerializeToString(),
-            message_id=names.message_id(meta.job_id, names.JOB_ACCEPTED, 0),
+            message_id=wire.message_id(meta.job_id, routing.JOB_ACCEPTED, 0),
             correlation_id=meta.job_id,
             stage=STAGE,
         )

@@ -19,8 +19,11 @@ from types import FrameType
 
 import uvicorn
 
+from geobus import logs
 from geobus.ingress.admission import Drain
 from geobus.ingress.app import create_app
+from geobus.ingress.redaction import AccessLogFilter
+from geobus.ingress.webhooks import check_exposure
 from geobus.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ def config(
         lifespan="on",
         access_log=access_log,
         log_level=log_level,
+        # geobus.logs configured the root logger: uvicorn's lines go through it.
+        log_config=None,
         # Clients streaming a large body must not be cut off between chunks.
         timeout_keep_alive=30,
     )
@@ -85,9 +90,11 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings, *, access_log: bool = False, log_level: str = "info") -> None:
     """Serve the ingress until SIGINT / SIGTERM, then drain and stop gracefully."""
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
+    # Unsigned and reachable from elsewhere: refuse (ConfigurationError) before listening.
+    check_exposure(settings)
+    # Query strings may hold a callback_url's credentials.
+    logging.getLogger("uvicorn.access").addFilter(AccessLogFilter())
     # uvicorn turns SIGINT/SIGTERM into a graceful shutdown, then raises the
     # signal again for the handler that was installed before it. With the
     # default handler the process would die by that signal after a clean

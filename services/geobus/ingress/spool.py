@@ -10,6 +10,8 @@ and can be converted again from the spool alone.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
@@ -19,8 +21,6 @@ from typing import Any, BinaryIO
 BODY_SUFFIX = ".body"
 META_SUFFIX = ".json"
 TEMPORARY_SUFFIX = ".tmp"
-# A gzip member is at least a 10-byte header and an 8-byte trailer.
-_GZIP_MINIMUM = 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,9 @@ class SpoolMeta:
     callback_url: str | None
     created: str  # RFC 3339, UTC
     body_bytes: int  # size of the .body file (as sent, before any decoding)
-    document_bytes: int  # size of the document once the content encoding is removed
+    # Size of the document once the content encoding is removed, counted while
+    # the body streamed in (geobus.ingress.limits).
+    document_bytes: int
     # How batches are cut. A resumed job must cut exactly the batches it cut
     # before the crash: message ids and the store's ledger are keyed by batch
     # sequence, so a changed limit would publish different features under an
@@ -45,6 +47,12 @@ class SpoolMeta:
     max_message_bytes: int | None = None
     # Who sent it (GEOBUS_MAX_JOBS_PER_CLIENT); counted again after a resume.
     client: str | None = None
+    # Decimal digits the request asked coordinates to be snapped to (the
+    # `precision` parameter); None: the deployment's GEOBUS_PRECISION. Kept
+    # here so that a resumed job snaps as it was asked to.
+    precision: int | None = None
+    # The W3C traceparent of the POST (geobus.tracing): a resumed job keeps its trace.
+    traceparent: str | None = None
 
     def to_json(self) -> bytes:
         """The metadata file's content."""
@@ -60,19 +68,6 @@ class SpoolMeta:
         raw: dict[str, Any] = json.loads(data)
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
-
-
-def gzip_size(path: Path) -> int:
-    """The uncompressed size a gzip file declares in its trailer (ISIZE, modulo 2**32).
-
-    Blocking: call it in a thread. A body too short to be gzip gives 0; the
-    conversion reports it as a bad document.
-    """
-    with path.open("rb") as handle:
-        if handle.seek(0, os.SEEK_END) < _GZIP_MINIMUM:
-            return 0
-        handle.seek(-4, os.SEEK_END)
-        return int.from_bytes(handle.read(4), "little")
 
 
 def body_path(spool_dir: Path, job_id: str) -> Path:
@@ -106,6 +101,57 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+WRITEBACK_BYTES = 16 * 1024 * 1024
+"""How much of a body is received between two background flushes to disk."""
+
+
+class Writeback:
+    """Flushes a body to disk in parts while it is still being received.
+
+    The 202 waits for the body's fsync. Left to the end, that fsync writes
+    the whole body at once (a 200 MB body: ~0.4 s after the last byte
+    arrived). Started every ``every`` bytes in a thread, while the event loop
+    goes on receiving, the disk writes overlap the upload and the final
+    fsync has only the last part left. One flush at a time: a slow disk is
+    not queued more work than it can take.
+
+    On the event loop: call :meth:`wrote` after each write, then
+    :meth:`finish` before the final fsync (it re-raises a failed flush), or
+    :meth:`abandon` when the body is given up.
+    """
+
+    def __init__(self, handle: BinaryIO, every: int = WRITEBACK_BYTES) -> None:
+        self._handle = handle
+        self._every = every
+        self._flushed = 0
+        self._task: asyncio.Future[None] | None = None
+
+    def wrote(self, size: int) -> None:
+        """``size`` bytes of the body are written so far; flush in the background if due."""
+        if size - self._flushed < self._every:
+            return
+        if self._task is not None and not self._task.done():
+            return  # the previous flush is still running: the next one catches up
+        if self._task is not None and self._task.exception() is not None:
+            return  # finish() reports it
+        # Python's buffer to the kernel here, on the loop (a memcpy of at
+        # most one buffer); the thread only waits for the disk.
+        self._handle.flush()
+        self._flushed = size
+        self._task = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, self._handle.fileno()))
+
+    async def finish(self) -> None:
+        """Wait for the flush in flight; raise its error (the body is not safe on disk)."""
+        if self._task is not None:
+            await self._task
+
+    async def abandon(self) -> None:
+        """Wait for the flush in flight, ignoring its outcome (before the file is closed)."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._task)
 
 
 def write_meta(spool_dir: Path, meta: SpoolMeta) -> Path:

@@ -26,6 +26,8 @@ async def connect_publisher(settings: Settings, *, declare_topology: bool = True
         from_settings(settings),
         max_message_bytes=settings.max_message_bytes,
         declare_topology=declare_topology,
+        # A least-privilege user only checks that the topology exists.
+        passive=not settings.declare_topology,
     )
 
 
@@ -40,7 +42,9 @@ def open_job_store(settings: Settings) -> JobStore:
 
 async def connect_probe(settings: Settings) -> AmqpProbe:
     """The broker monitor's probe: the stage queues' depth and a publishing canary."""
-    from geobus.broker.topology import STAGES, stage_queue
+    from geobus.broker.topology import STAGES, canary_exchange, stage_queue
 
     queues = [stage_queue(settings.prefix, stage) for stage in STAGES]
-    return await AmqpProbe.connect(settings.amqp_url, queues, f"{settings.prefix}.canary")
+    return await AmqpProbe.connect(
+        settings.amqp_url, queues, f"{settings.prefix}.canary", canary_exchange(settings.prefix)
+    )

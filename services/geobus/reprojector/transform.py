@@ -12,8 +12,12 @@ beyond the pole does it give ``inf``. So before transforming, geometry in
 longitude/latitude is clipped to the target's area of use, or rejected, as
 ``GEOBUS_CLIP`` says (:mod:`geobus.domains`). After transforming, what the
 transformation made invalid is repaired, and coordinates are snapped to
-``GEOBUS_PRECISION`` digits when set — here, in the CRS they are stored in,
-with Shapely's ``set_precision`` keeping the topology valid.
+the job's ``precision`` digits (``FeatureBatch.precision``, from the request)
+or else ``GEOBUS_PRECISION`` when set — here, in the CRS they are stored in,
+with Shapely's ``set_precision`` keeping the topology valid. Last, a feature's
+``bbox`` is recomputed from its new geometry, so that it is in the target CRS
+too (RFC 7946 §5.2, west > east across the antimeridian, for a geographic
+target).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError, ProjError
 
 from geobus import geometries as g
+from geobus.bboxes import target_bboxes
 from geobus.domains import Domain, clip, domain_of
 from geobus.errors import ConfigurationError, MessageError
 from geobus.problems import Problem, R
@@ -86,11 +91,17 @@ class Reprojector:
         transformer = self.transformer(batch.crs)
         # The area of use is in longitude/latitude: only such input is clipped.
         domain = self.domain if self._geographic[batch.crs] else None
-        if transformer is None and domain is None and self.precision is None:
+        # The job's own precision (a request parameter) wins over the deployment's.
+        precision = batch.precision if batch.HasField("precision") else self.precision
+        if precision is not None and not 0 <= precision <= g.MAX_PRECISION:
+            msg = f"batch {batch.sequence} of job {batch.job_id} asks for {precision} digits"
+            raise MessageError(msg)
+        if transformer is None and domain is None and precision is None:
             return StageResult(g.rebuild(batch, crs=self.target_crs))
         geometries, present = g.decode(batch)
         live = present.copy()
         live[live] = ~shapely.is_empty(geometries[live])
+        solid = live.copy()
         problems: dict[int, Problem] = {}
         adjustments: dict[int, list[feature_pb2.Adjustment]] = {}
         result = geometries.copy()
@@ -103,12 +114,12 @@ class Reprojector:
         for position, adjustment in self._revalidate(result, live & changed, problems).items():
             adjustments.setdefault(position, []).append(adjustment)
         live[list(problems)] = False
-        if self.precision is not None:
-            self._snap(result, live, problems, changed)
+        if precision is not None:
+            self._snap(result, live, precision, batch.HasField("precision"), problems, changed)
         changed &= live
         # GEOS overlay and snap-rounding write shells clockwise: wind what
         # they rebuilt per RFC 7946 again (a transform alone keeps the winding).
-        orient(result, changed & (reshaped | (self.precision is not None)))
+        orient(result, changed & (reshaped | (precision is not None)))
         written = np.flatnonzero(changed)
         encoded = {
             int(p): bytes(w) for p, w in zip(written, g.encode(result[written]), strict=True)
@@ -117,6 +128,11 @@ class Reprojector:
         for position, kinds in adjustments.items():
             if position not in problems:
                 out.features[position].adjustments.extend(kinds)
+        geographic = self._target.is_geographic
+        bboxes = target_bboxes(batch, result, live, ~solid, changed, transformer, geographic)
+        for position, bbox in bboxes.items():
+            del out.features[position].bbox[:]
+            out.features[position].bbox.extend(bbox)
         for position in sorted(problems, reverse=True):
             del out.features[position]
         return StageResult(out, g.rejection_batch(batch, STAGE, problems))
@@ -187,22 +203,23 @@ class Reprojector:
         self,
         result: g.ObjectArray,
         live: g.BoolArray,
+        precision: int,
+        requested: bool,
         problems: dict[int, Problem],
         changed: g.BoolArray,
     ) -> None:
         """Snap live geometries to ``precision`` digits in place, keeping them valid."""
-        assert self.precision is not None
         positions = np.flatnonzero(live)
         before = result[positions]
         # valid_output: GEOS snap-rounds and rebuilds the topology, so a
         # polygon whose vertices meet on the grid stays valid (or collapses).
-        after = shapely.set_precision(before, 10.0**-self.precision, mode="valid_output")
+        after = shapely.set_precision(before, 10.0**-precision, mode="valid_output")
         collapsed = shapely.is_empty(after)
+        source = "the job's precision parameter" if requested else "GEOBUS_PRECISION"
         for position in positions[collapsed].tolist():
             problems[position] = Problem(
                 R.REJECT_REASON_INVALID_TOPOLOGY,
-                f"snapping to {self.precision} decimal digits (GEOBUS_PRECISION) left nothing"
-                " of the geometry",
+                f"snapping to {precision} decimal digits ({source}) left nothing of the geometry",
             )
             live[position] = False
         moved = ~collapsed & ~shapely.equals_identical(after, before)

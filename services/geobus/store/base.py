@@ -93,6 +93,13 @@ class JobRecord:
     counts: JobCounts = field(default_factory=JobCounts)
     # What the ingress noticed about the whole document (a legacy "crs" member).
     warnings: list[str] = field(default_factory=list)
+    # The sender's scoped idempotency key (``webhook:<webhook-id>`` or
+    # ``key:<client>:<Idempotency-Key>``); unique in the ledger. Written at
+    # insert only, not read back into the record.
+    idempotency_key: str | None = None
+    # Decimal digits the request asked coordinates to be snapped to (the
+    # `precision` parameter); None when it asked nothing (GEOBUS_PRECISION).
+    precision: int | None = None
 
     @property
     def progress(self) -> int:
@@ -147,7 +154,10 @@ class FeatureStore(Protocol):
         """Create the ledger tables (and extensions) if they do not exist."""
 
     def create_job(self, job: JobRecord) -> None:
-        """Insert the job unless a job with its id exists (idempotent)."""
+        """Insert the job unless a job with its id or its idempotency key exists (idempotent)."""
+
+    def job_for_key(self, idempotency_key: str) -> JobRecord | None:
+        """The job recorded under ``idempotency_key``, or None."""
 
     def mark_running(self, job_id: str, at: datetime) -> None:
         """Set an accepted job running (no-op for any other status)."""
@@ -158,8 +168,8 @@ class FeatureStore(Protocol):
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job with counts derived from the ledger, or None."""
 
-    def list_jobs(self, limit: int, offset: int) -> list[JobRecord]:
-        """Jobs, newest first."""
+    def list_jobs(self, limit: int, offset: int, status: str | None = None) -> list[JobRecord]:
+        """Jobs, newest first; only those in ``status`` when given."""
 
     def write_batch(self, batch: feature_pb2.FeatureBatch, part: str = "") -> WriteOutcome:
         """Store a batch's features exactly once (keyed by job id, sequence and ``part``).

@@ -60,7 +60,7 @@ _JOB_SELECT = """SELECT j.job_id, j.status, j.collection, j.created, j.started, 
     (SELECT json_group_object(k, n) FROM (
         SELECT e.key AS k, sum(e.value) AS n FROM geobus_batches a, json_each(a.adjusted) e
         WHERE a.job_id = j.job_id GROUP BY e.key)),
-    j.warnings
+    j.warnings, j.precision
 FROM geobus_jobs j LEFT JOIN (
     SELECT job_id, sum(stored) AS stored, sum(repaired) AS repaired, sum(rejected) AS rejected
     FROM geobus_batches {batches_where} GROUP BY job_id) b ON b.job_id = j.job_id"""
@@ -165,6 +165,17 @@ class GeoPackageStore:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(geobus_jobs)")}
             if "warnings" not in columns:
                 conn.execute("ALTER TABLE geobus_jobs ADD COLUMN warnings TEXT")
+            # Senders' retries (webhook-id, Idempotency-Key) find their first job
+            # through this column; the unique index decides between concurrent ones.
+            if "idempotency_key" not in columns:
+                conn.execute("ALTER TABLE geobus_jobs ADD COLUMN idempotency_key TEXT")
+            # The job's `precision` parameter (NULL: the deployment's GEOBUS_PRECISION).
+            if "precision" not in columns:
+                conn.execute("ALTER TABLE geobus_jobs ADD COLUMN precision INTEGER")
+            conn.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS geobus_jobs_idempotency_key"
+                " ON geobus_jobs (idempotency_key)"
+            )
             for table in gpkg_schema.LEDGER:
                 conn.execute(
                     """INSERT OR IGNORE INTO gpkg_contents (table_name, data_type, identifier,
@@ -207,16 +218,24 @@ class GeoPackageStore:
     # -- jobs ----------------------------------------------------------------
 
     def create_job(self, job: JobRecord) -> None:
-        """Insert the job unless its id exists."""
+        """Insert the job unless its id or its idempotency key exists."""
         with self._tx() as conn:
             conn.execute(
                 """INSERT INTO geobus_jobs (job_id, status, collection, created, started,
                     finished, updated, source_uri, media_type, document_bytes, callback_url,
-                    features_total, batches_total, message, code)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                ON CONFLICT (job_id) DO NOTHING""",
+                    features_total, batches_total, message, code, idempotency_key, precision)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT DO NOTHING""",
                 job_row(job, timestamp),
             )
+
+    def job_for_key(self, idempotency_key: str) -> JobRecord | None:
+        """The job recorded under ``idempotency_key``, or None."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT job_id FROM geobus_jobs WHERE idempotency_key = ?", (idempotency_key,)
+            ).fetchone()
+            return None if row is None else _get_job(conn, row[0])
 
     def mark_running(self, job_id: str, at: datetime) -> None:
         """accepted → running; other statuses are left alone."""
@@ -257,13 +276,14 @@ class GeoPackageStore:
         with self._read() as conn:
             return _get_job(conn, job_id)
 
-    def list_jobs(self, limit: int, offset: int) -> list[JobRecord]:
-        """Jobs, newest first."""
+    def list_jobs(self, limit: int, offset: int, status: str | None = None) -> list[JobRecord]:
+        """Jobs, newest first; only those in ``status`` when given."""
         with self._read() as conn:
             rows = conn.execute(
                 _JOB_SELECT.format(batches_where="")
+                + " WHERE ? IS NULL OR j.status = ?"
                 + " ORDER BY j.created DESC, j.job_id LIMIT ? OFFSET ?",
-                (limit, offset),
+                (status, status, limit, offset),
             ).fetchall()
             return [_job(row) for row in rows]
 

@@ -40,12 +40,10 @@ from geobus.store.base import (
     check_identifier,
     features_kind,
 )
-from geobus.store.pg_copy import COLUMNS, copy_payload, insert_new, lz4_clause
+from geobus.store.pg_copy import COLUMNS, copy_rows, insert_new, lz4_clause
 from geobus.store.rows import (
-    adjusted_json,
     feature_id_value,
     final_status,
-    is_repaired,
     job_from_row,
     job_row,
     rejection_rows,
@@ -61,7 +59,7 @@ _JOB_COLUMNS = (
     " j.source_uri, j.media_type, j.document_bytes, j.callback_url, j.features_total,"
     " j.batches_total, j.message, j.code,"
     " coalesce(b.stored, 0), coalesce(b.repaired, 0), coalesce(b.rejected, 0), a.adjusted,"
-    " j.warnings"
+    " j.warnings, j.precision"
 )
 
 
@@ -166,6 +164,15 @@ class PostgisStore:
                     warnings jsonb)"""
             )
             cur.execute(f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS warnings jsonb")
+            # Senders' retries (webhook-id, Idempotency-Key) find their first job
+            # through this column; the unique index decides between concurrent ones.
+            cur.execute(f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS idempotency_key text")
+            # The job's `precision` parameter (NULL: the deployment's GEOBUS_PRECISION).
+            cur.execute(f"ALTER TABLE {s}.jobs ADD COLUMN IF NOT EXISTS precision smallint")
+            cur.execute(
+                f"CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key_idx"
+                f" ON {s}.jobs (idempotency_key)"
+            )
             cur.execute(f"CREATE INDEX IF NOT EXISTS jobs_created_idx ON {s}.jobs (created DESC)")
             cur.execute(
                 f"""CREATE TABLE IF NOT EXISTS {s}.batches (
@@ -225,16 +232,28 @@ class PostgisStore:
     # -- jobs ----------------------------------------------------------------
 
     def create_job(self, job: JobRecord) -> None:
-        """Insert the job unless its id exists."""
+        """Insert the job unless its id or its idempotency key exists."""
         with self._tx() as cur:
+            # No conflict target: a concurrent insert of the same key waits for
+            # the other transaction and then does nothing (the first one wins).
             cur.execute(
                 f"""INSERT INTO {self.schema}.jobs (job_id, status, collection, created, started,
                     finished, updated, source_uri, media_type, document_bytes, callback_url,
-                    features_total, batches_total, message, code)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (job_id) DO NOTHING""",
+                    features_total, batches_total, message, code, idempotency_key, precision)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT DO NOTHING""",
                 job_row(job, lambda moment: moment),
             )
+
+    def job_for_key(self, idempotency_key: str) -> JobRecord | None:
+        """The job recorded under ``idempotency_key``, or None."""
+        with self._tx() as cur:
+            cur.execute(
+                f"SELECT job_id FROM {self.schema}.jobs WHERE idempotency_key = %s",
+                (idempotency_key,),
+            )
+            row = cur.fetchone()
+            return None if row is None else self._get_job(cur, row[0])
 
     def mark_running(self, job_id: str, at: datetime) -> None:
         """accepted → running; other statuses are left alone."""
@@ -294,12 +313,15 @@ class PostgisStore:
         row = cur.fetchone()
         return None if row is None else _job(row)
 
-    def list_jobs(self, limit: int, offset: int) -> list[JobRecord]:
-        """Jobs, newest first."""
+    def list_jobs(self, limit: int, offset: int, status: str | None = None) -> list[JobRecord]:
+        """Jobs, newest first; only those in ``status`` when given."""
         with self._tx() as cur:
             cur.execute(
-                self._select_jobs("ORDER BY j.created DESC, j.job_id LIMIT %s OFFSET %s"),
-                (limit, offset),
+                self._select_jobs(
+                    "WHERE %s::text IS NULL OR j.status = %s"
+                    " ORDER BY j.created DESC, j.job_id LIMIT %s OFFSET %s"
+                ),
+                (status, status, limit, offset),
             )
             return [_job(row) for row in cur.fetchall()]
 
@@ -353,17 +375,17 @@ class PostgisStore:
             table = self._ensure_collection(cur, batch.collection)
             if not self._claim(cur, batch.job_id, kind, batch.sequence):
                 return WriteOutcome(duplicate=True)
-            payload = copy_payload(batch, self.srid)
+            rows = copy_rows(batch, self.srid)
             try:
                 copy_sql = f"COPY {table} ({COLUMNS}) FROM STDIN (FORMAT BINARY)"
                 # A savepoint: on a unique violation only the COPY is undone.
                 with cur.connection.transaction(), cur.copy(copy_sql) as copy:
-                    copy.write(payload)
+                    copy.write(rows.payload)
                 stored = len(batch.features)
-                repaired = sum(1 for f in batch.features if is_repaired(f))
-                adjusted = adjusted_json(batch.features)
+                repaired = rows.repaired
+                adjusted = rows.adjusted
             except pg_errors.UniqueViolation:
-                stored, repaired = insert_new(cur, table, payload)
+                stored, repaired = insert_new(cur, table, rows.payload)
                 # Rows inserted by this transaction carry its start time, now().
                 cur.execute(
                     f"""SELECT jsonb_object_agg(k, n)::text FROM (

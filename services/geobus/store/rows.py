@@ -172,6 +172,7 @@ def job_from_row(row: Sequence[Any], moment: Callable[[Any], datetime | None]) -
             features_total, int(row[15]), int(row[16]), int(row[17]), adjusted_value(row[18])
         ),
         warnings=warnings_value(row[19]),
+        precision=row[20],
     )
 
 
@@ -195,4 +196,6 @@ def job_row(job: JobRecord, moment: Callable[[datetime | None], Any]) -> tuple[A
         job.batches_total,
         job.message,
         job.code,
+        job.idempotency_key,
+        job.precision,
     )

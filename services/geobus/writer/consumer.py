@@ -20,12 +20,13 @@ from aio_pika.abc import AbstractIncomingMessage
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from geobus import logs, metrics
 from geobus.broker import routing
 from geobus.broker.publisher import Publisher
 from geobus.broker.topology import Topology
 from geobus.broker.wire import message_id
 from geobus.errors import MessageError
-from geobus.ingress.documents import job_document
+from geobus.jobs import job_document
 from geobus.runtime import Handler, publish_result, run_stage
 from geobus.settings import Settings
 from geobus.signing import parse_secret
@@ -42,6 +43,32 @@ _STATUS = {
     "successful": job_pb2.JOB_STATUS_SUCCESSFUL,
     "failed": job_pb2.JOB_STATUS_FAILED,
 }
+
+
+def record_rejections(batch: rejection_pb2.RejectionBatch) -> None:
+    """Count and log the rejections just recorded: every stage's pass through here once.
+
+    One log line per rejected feature, with the stage that rejected it, the
+    reason code, the message and the offending coordinate when one is known.
+    """
+    metrics.count_rejections(metrics.REJECTIONS_RECORDED, None, batch)
+    for rejection in batch.rejections:
+        location = rejection.location
+        log.warning(
+            "feature %d of job %s rejected by the %s: %s",
+            rejection.feature_index,
+            rejection.job_id,
+            rejection.stage,
+            rejection.message,
+            extra={
+                "stage": rejection.stage,
+                "batch": batch.sequence,
+                "feature_index": rejection.feature_index,
+                "reason": metrics.reason_name(rejection.reason),
+                "coordinate": list(location.coordinate) or None,
+                "json_pointer": location.json_pointer or None,
+            },
+        )
 
 
 class Writer:
@@ -65,7 +92,12 @@ class Writer:
         if isinstance(payload, feature_pb2.FeatureBatch):
             # What the database refuses is rejected feature by feature
             # (stage "writer"), published with the stored ones before the ack.
-            result = await write_isolating(self.store, payload, STAGE)
+            started = metrics.now()
+            with logs.bind(batch=payload.sequence):
+                result = await write_isolating(self.store, payload, STAGE)
+            seconds = metrics.now() - started
+            metrics.WRITER_COMMIT_SECONDS.observe(seconds)
+            metrics.observe_batch(STAGE, payload, result.batch, result.rejections, seconds)
             await publish_result(
                 self.publisher,
                 self.topology,
@@ -76,6 +108,7 @@ class Writer:
             job_id = payload.job_id
         elif isinstance(payload, rejection_pb2.RejectionBatch):
             await asyncio.to_thread(self.store.write_rejections, payload)
+            record_rejections(payload)
             job_id = payload.job_id
         elif isinstance(payload, job_pb2.JobSealed):
             await asyncio.to_thread(
@@ -122,6 +155,9 @@ class Writer:
             correlation_id=job.job_id,
             stage=STAGE,
         )
+        if job.created is not None and job.finished is not None:
+            seconds = (job.finished - job.created).total_seconds()
+            metrics.JOB_DURATION.labels(job.status).observe(max(seconds, 0.0))
         log.info(
             "job %s %s: %d stored, %d rejected",
             job.job_id,
