@@ -282,6 +282,13 @@ class Settings:
         "Largest request body the ingress takes, as sent (413 from Content-Length before"
         " reading, or as soon as a streamed body passes it); e.g. 1GiB",
     )
+    body_idle_timeout: float = _setting(
+        60.0,
+        _seconds,
+        "Seconds the ingress waits for the next piece of a request body before it gives up"
+        " with 408 (a client that stalls, or sends a byte a minute, cannot hold an upload"
+        " open); 0 waits forever",
+    )
     max_document_bytes: int = _setting(
         2 * 1024**3,
         _byte_count,

@@ -266,6 +266,44 @@ def test_body_and_document_limits(pipeline: Pipeline) -> None:
     )
 
 
+def test_a_stalled_body_is_answered_408_and_not_kept(pipeline: Pipeline) -> None:
+    """A client that sends part of its body and stops gets 408 after the idle timeout."""
+    _start(pipeline, GEOBUS_BODY_IDLE_TIMEOUT="1")
+    port = int(pipeline.env["GEOBUS_HTTP_PORT"])
+    head = f"POST /v1/features HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    head += "Content-Type: application/geo+json\r\nContent-Length: 100000\r\n\r\n"
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode() + DOCUMENT[:40])  # then nothing more
+        answer = b""
+        while not _complete(answer):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    waited = time.perf_counter() - started
+    status = int(answer.split(b" ", 2)[1])
+    assert (status, b"body-timeout" in answer) == (408, True), answer
+    assert 0.9 < waited < 10
+    assert _jobs_in_store(pipeline) == 0
+    assert list(Path(pipeline.env["GEOBUS_SPOOL_DIR"]).glob("*.body")) == []
+    # A client that keeps sending, slowly but within the timeout, is served.
+    slow = [DOCUMENT[i : i + 20] for i in range(0, len(DOCUMENT), 20)]
+
+    def dribble() -> Any:
+        for piece in slow[:3]:
+            time.sleep(0.4)
+            yield piece
+        yield b"".join(slow[3:])
+
+    accepted = httpx.post(
+        pipeline.base_url + "/v1/features",
+        content=dribble(),
+        headers={**GEOJSON, "Content-Length": str(len(DOCUMENT))},
+    )
+    assert accepted.status_code == 202, accepted.text
+
+
 def test_wrong_method_is_a_json_problem(pipeline: Pipeline) -> None:
     """GET /v1/features on the real server: 405 problem document with Allow: POST."""
     _start(pipeline)

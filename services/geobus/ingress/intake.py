@@ -71,6 +71,7 @@ class _Checks:
     upload: Upload
     meter: BodyMeter
     verifier: Verifier | None
+    idle_timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,27 +167,35 @@ async def _spool_body(request: Request, path: Path, checks: _Checks) -> int:
     meter = checks.meter
     # Flushes to disk while the body arrives: the fsync before the 202 is short.
     writeback = spool.Writeback(handle)
+    loop = asyncio.get_running_loop()
+    idle = checks.idle_timeout
+    # One deadline moved forward on every chunk: a stalled body ends with
+    # TimeoutError, at no cost per chunk beyond a heap update.
+    deadline = asyncio.timeout(None if idle is None else loop.time() + idle)
     try:
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            # Counted before it is written: a body over the limit never
-            # reaches the disk past its limit.
-            meter.count(chunk)
-            if not checks.upload.grow(meter.body_bytes):
-                raise _SpoolFullError
-            # A chunk is at most a socket read (64 KiB): copying it into the
-            # page cache and through HMAC-SHA256 (~40 µs per secret) takes
-            # less than a hop to a thread.
-            handle.write(chunk)
-            writeback.wrote(meter.body_bytes)
-            if checks.verifier is not None:
-                checks.verifier.update(chunk)
-            if meter.gzip:
-                # Inflating costs ~1 ms per 64 KiB chunk of GeoJSON and ~130 ms
-                # for a chunk of a gzip bomb (measured): off the loop.
-                await asyncio.to_thread(meter.inflate, chunk)
-        meter.finish()
+        async with deadline:
+            async for chunk in request.stream():
+                if idle is not None:
+                    deadline.reschedule(loop.time() + idle)
+                if not chunk:
+                    continue
+                # Counted before it is written: a body over the limit never
+                # reaches the disk past its limit.
+                meter.count(chunk)
+                if not checks.upload.grow(meter.body_bytes):
+                    raise _SpoolFullError
+                # A chunk is at most a socket read (64 KiB): copying it into the
+                # page cache and through HMAC-SHA256 (~40 µs per secret) takes
+                # less than a hop to a thread.
+                handle.write(chunk)
+                writeback.wrote(meter.body_bytes)
+                if checks.verifier is not None:
+                    checks.verifier.update(chunk)
+                if meter.gzip:
+                    # Inflating costs ~1 ms per 64 KiB chunk of GeoJSON and ~130 ms
+                    # for a chunk of a gzip bomb (measured): off the loop.
+                    await asyncio.to_thread(meter.inflate, chunk)
+            meter.finish()
         await writeback.finish()
     except BaseException:
         try:
@@ -278,7 +287,7 @@ async def post_features(request: Request) -> Response:
         return problem(exc.status, exc.detail, instance=instance, code=exc.code)
     upload = admission.begin(client, declared)
     try:
-        checks = _Checks(upload, meter, verifier)
+        checks = _Checks(upload, meter, verifier, resources.settings.body_idle_timeout or None)
         return await _accept(
             request, resources, parameters, media_type, encoding, checks, key, arrived
         )
@@ -321,6 +330,17 @@ async def _accept(
     except ClientDisconnect:
         log.info("client disconnected while sending job %s; nothing was spooled", job_id)
         return problem(400, "the request body was not received completely", instance=instance)
+    except TimeoutError:
+        idle = resources.settings.body_idle_timeout
+        log.info("job %s refused: no part of its body arrived for %g s", job_id, idle)
+        return problem(
+            408,
+            f"no part of the request body arrived for {idle:g} s (GEOBUS_BODY_IDLE_TIMEOUT);"
+            " nothing was kept",
+            instance=instance,
+            code="body-timeout",
+            headers={"Connection": "close"},
+        )
     except _SpoolFullError:
         log.warning("job %s refused: the spool budget ran out while receiving it", job_id)
         return _refused(resources.admission.spool_full(), instance)

@@ -34,6 +34,7 @@ _REASONS = {
     401: "Not authenticated: a bad, missing or stale signature, or a missing or wrong token.",
     403: "The admin API is disabled (GEOBUS_ADMIN_TOKEN is not set).",
     404: "Nothing is known under this id.",
+    408: "No part of the body arrived for GEOBUS_BODY_IDLE_TIMEOUT seconds; nothing was kept.",
     413: "The body is larger than the ingress accepts.",
     415: "The Content-Type or Content-Encoding is not accepted (see Accept-Post).",
     422: "A query parameter is unusable; `parameter` names it.",
@@ -132,7 +133,7 @@ def _post_features() -> Schema:
                 },
                 "content": {JSON: {"schema": ref("JobDocument")}},
             },
-            **_problems(400, 401, 413, 415, 422, 429, 503),
+            **_problems(400, 401, 408, 413, 415, 422, 429, 503),
         },
     }
 
