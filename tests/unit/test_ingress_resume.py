@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from geobus.codec.limits import DocumentLimits
 from geobus.ingress import spool
-from geobus.ingress.conversion import limits_for, publish_document
+from geobus.ingress.conversion import document_limits_for, limits_for, publish_document
 from geobus.ingress.ports import JobRecord
 from geobus.ingress.resume import plan, resume_spooled
 from geobus.ingress.spool import SpoolMeta
@@ -135,3 +136,19 @@ async def test_a_resumed_job_is_cut_into_the_same_batches_whatever_the_settings(
     # Without the limits in the metadata the same restart would cut one big batch.
     legacy = await _ingested(replace(meta, batch_max_features=None), after_restart, body)
     assert len(legacy) == 1
+
+
+def test_document_limits_travel_with_the_spooled_job() -> None:
+    """A resumed job keeps the GEOBUS_MAX_* limits it was accepted with, not today's settings."""
+    accepted_under = replace(Settings(), max_vertices_per_feature=5, max_string_bytes=100)
+    kept = asdict(DocumentLimits.from_settings(accepted_under))
+    meta = SpoolMeta.from_json(_meta("j", document_limits=kept).to_json())
+    now = replace(Settings(), max_vertices_per_feature=50, max_string_bytes=9)
+    limits = document_limits_for(meta, now)
+    assert (limits.max_vertices, limits.max_string_bytes) == (5, 100)
+    # Older metadata (no limits) and keys of a newer geobus: today's settings, unknown ignored.
+    assert document_limits_for(_meta("old"), now).max_vertices == 50
+    newer = _meta("new", document_limits={"max_vertices": 7, "max_wormholes": 1})
+    assert document_limits_for(newer, now) == replace(
+        DocumentLimits.from_settings(now), max_vertices=7
+    )

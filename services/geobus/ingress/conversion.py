@@ -14,6 +14,7 @@ broker's confirms overlap with converting the next batch; at most
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import logging
 import zlib
@@ -94,6 +95,21 @@ def limits_for(meta: SpoolMeta, settings: Settings) -> BatchLimits:
         max_bytes=meta.batch_max_bytes or configured.max_bytes,
         max_message_bytes=meta.max_message_bytes or configured.max_message_bytes,
     )
+
+
+def document_limits_for(meta: SpoolMeta, settings: Settings) -> DocumentLimits:
+    """The document limits the job was accepted with (the settings' for older metadata).
+
+    Like the batch limits, they decide which features are rejected and so how
+    batches are cut: a resumed job keeps the ones of its first run.
+    """
+    configured = DocumentLimits.from_settings(settings)
+    if not meta.document_limits:
+        return configured
+    values = dataclasses.asdict(configured)
+    # Names this version does not know (metadata of a newer geobus) are ignored.
+    values.update({k: v for k, v in meta.document_limits.items() if k in values})
+    return DocumentLimits(**values)
 
 
 def _now() -> datetime:
@@ -270,7 +286,7 @@ async def _convert(spool_path: Path, meta: SpoolMeta, settings: Settings) -> Con
                 limits_for(meta, settings),
                 publisher,
                 settings.prefix,
-                document=DocumentLimits.from_settings(settings),
+                document=document_limits_for(meta, settings),
             )
     finally:
         await publisher.close()

@@ -22,6 +22,7 @@ operations and the inflating of gzip bodies go to threads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
@@ -39,6 +40,7 @@ from starlette.responses import JSONResponse, Response
 from geobus import tracing
 from geobus.codec.batches import BatchLimits
 from geobus.codec.convert import MEDIA_TYPES
+from geobus.codec.limits import DocumentLimits
 from geobus.geometries import MAX_PRECISION
 from geobus.ingress import spool, webhooks
 from geobus.ingress.admission import Refusal, Upload
@@ -381,6 +383,7 @@ async def _accept(
             client=checks.upload.client,
             traceparent=tracing.current(),
             precision=parameters.precision,
+            document_limits=dataclasses.asdict(DocumentLimits.from_settings(settings)),
         )
         await asyncio.to_thread(spool.write_meta, settings.spool_dir, meta)
         job = JobRecord(

@@ -53,6 +53,11 @@ class SpoolMeta:
     precision: int | None = None
     # The W3C traceparent of the POST (geobus.tracing): a resumed job keeps its trace.
     traceparent: str | None = None
+    # The GEOBUS_MAX_* document limits the job was accepted with (field name ->
+    # value of geobus.codec.limits.DocumentLimits): which features they reject
+    # decides how batches are cut, so a resumed job must keep them. None
+    # (metadata of an older geobus): the settings'.
+    document_limits: dict[str, float] | None = None
 
     def to_json(self) -> bytes:
         """The metadata file's content."""
