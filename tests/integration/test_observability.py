@@ -194,3 +194,10 @@ async def test_metrics_logs_and_trace_of_one_job(pipeline: Pipeline) -> None:
     assert line["coordinate"][:2] == [10.0, 95.0]
     assert line["job_id"] == job_id
     assert line["trace_id"] == TRACE_ID
+    # For a person reading `pytest -s`: what the closing note quotes.
+    print(
+        f"\ntrace {TRACE_ID}: {len(messages)} messages from {sorted(s for s in stages if s)}"
+        f"\nvalidator in={v_in:g} out={v_out:g} rejected={reasons}"
+        f" | writer stored={stored:g} rejections recorded={recorded:g}"
+        f"\nwriter log line: {json.dumps(line)}"
+    )
