@@ -3,14 +3,19 @@
 ``python -m bench.hostile`` starts a pipeline (ingress + one worker per stage,
 PostGIS), sends every input of :func:`cases` (the giant variants: a 1 GB gzip
 bomb, a 5 M-vertex feature, 10^6-digit numbers...) one after the other,
-then sends ``countries-land-10km`` to show that the pipeline still works, and
-writes ``bench/results/hostile.md``: per input the HTTP answer or the job's
-outcome, the seconds to that final outcome and the peak RSS of the ingress
-and of its conversion worker during that input. It exits 1 when an input did
+then one small job per hostile ``callback_url`` (loopback in five spellings,
+the metadata address, a name mapped to 10.0.0.1 in /etc/hosts, a 302 to
+loopback; see :class:`CallbackTargets`, needs root) and an allowed, signed
+control, then ``countries-land-10km`` to show that the pipeline still works;
+a polygon of 10^7 vertices goes first to a pipeline of its own with larger
+body limits (:data:`BIG_ENV`). It writes ``bench/results/hostile.md``: per
+input the HTTP answer or the job's outcome (and its callback's), the seconds
+to that final outcome and the peak RSS of the ingress and of its conversion
+worker during that input. It exits 1 when an input did
 not get its expected outcome.
 
 ``tests/integration/test_hostile.py`` runs the same catalogue with smaller
-variants (``giant=False``) in CI.
+variants (``giant=False``) and the callback cases in CI.
 """
 
 from __future__ import annotations
@@ -19,18 +24,22 @@ import base64
 import contextlib
 import gzip
 import json
+import socket
 import sys
+import threading
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
-from geobus.signing import parse_secret, sign
+from geobus.signing import Verifier, parse_headers, parse_secret, sign
 
 SECRET = "whsec_" + base64.b64encode(b"geobus hostile suite secret, #1!").decode()
 ROTATED = "whsec_" + base64.b64encode(b"geobus hostile suite secret, #2!").decode()
@@ -72,6 +81,8 @@ class Expect:
     failure: str | None = None  # words of a failed job's message
     rejects: tuple[str, ...] = ()  # reasons of the rejected features, in order
     stored: int | None = None
+    callback: str | None = None  # "refused" or "delivered" (the job's callback_url)
+    callback_via: str | None = None  # the one listener the callback reaches ("redirector" …)
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,7 @@ class Case:
     chunked: bool = False  # no Content-Length
     dribble: float = 0.0  # seconds to spread the body over (slow client)
     repeat: bool = False  # send twice with one webhook-id; the 2nd answer counts
+    callback_url: str | None = None  # ?callback_url= of the POST
 
 
 @dataclass
@@ -107,14 +119,18 @@ class Result:
     ingress_mb: float = 0.0
     worker_mb: float = 0.0
     problems: list[str] = field(default_factory=list)
+    job_id: str | None = None
+    callback: str = ""  # "refused: why", "delivered (signed)", "failed: …", "none seen"
 
     @property
     def outcome(self) -> str:
-        """One line: the HTTP answer, or the job's end."""
+        """One line: the HTTP answer, or the job's end (and its callback's)."""
         if self.job is None:
             return f"{self.status} {self.code or ''}".strip()
         if self.job == "failed":
             return f"{self.status} → job failed: {self.message[:70]}"
+        if self.callback:
+            return f"{self.status} → job {self.job}, stored {self.stored}, callback {self.callback}"
         rejected = ", ".join(sorted(set(self.rejects))) or "none"
         return f"{self.status} → job {self.job}, stored {self.stored}, rejected: {rejected}"
 
@@ -165,6 +181,32 @@ def gzip_bomb(zeros: int) -> bytes:
 def small_valid() -> bytes:
     """A normal document of two good features."""
     return collection(GOOD, GOOD)
+
+
+HUGE_VERTICES = 10**7
+# The limits of the pipeline the 10^7-vertex polygon is sent to: its ~60 MB
+# body must get past the body and feature-size limits to meet the vertex limit.
+BIG_ENV = {
+    "GEOBUS_MAX_BODY_BYTES": str(128 * MB),
+    "GEOBUS_MAX_DOCUMENT_BYTES": str(128 * MB),
+    "GEOBUS_MAX_FEATURE_BYTES": str(96 * MB),
+}
+
+
+def huge_polygon_case(vertices: int = HUGE_VERTICES) -> Case:
+    """A polygon of ``vertices`` positions (``[0,0]``: 6 bytes each) between two good features."""
+
+    def body() -> bytes:
+        ring = b"[" + b"[0,0]," * (vertices - 1) + b"[0,0]]"
+        return sandwich(feature(geometry=polygon(ring)))
+
+    size = (vertices * 6) // MB
+    return Case(
+        f"polygon with 10^{len(str(vertices)) - 1} vertices, {size} MB"
+        " (over GEOBUS_MAX_VERTICES_PER_FEATURE)",
+        body,
+        Expect(202, job="successful", rejects=("too_many_vertices",), stored=2),
+    )
 
 
 # -- the catalogue ---------------------------------------------------------------
@@ -447,6 +489,277 @@ def cases(*, giant: bool) -> list[Case]:
     ]
 
 
+# -- callbacks (SSRF) --------------------------------------------------------------
+
+CALLBACK_SECRET = "whsec_" + base64.b64encode(b"geobus hostile callback secret!!").decode()
+REDIRECTOR_HOST = "127.0.0.2"  # allow-listed: it answers 302 to the canary
+RECEIVER_HOST = "127.0.0.3"  # allow-listed: the positive control
+CALLBACK_ENV = {
+    "GEOBUS_CALLBACK_SECRET": CALLBACK_SECRET,
+    "GEOBUS_CALLBACK_ALLOW": f"{REDIRECTOR_HOST}/32,{RECEIVER_HOST}/32",
+}
+HOSTS = Path("/etc/hosts")
+CALLBACK_WAIT_S = 20.0
+"""How long after the job's end its callback may take to be refused or delivered."""
+
+Hit = tuple[str, dict[str, str], bytes]
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Records every request; answers 302 to ``server.location`` when set, else 204."""
+
+    server: _Listener
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        self.server.hits.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        if self.server.location:
+            self.send_response(302)
+            self.send_header("Location", self.server.location)
+        else:
+            self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet."""
+
+
+class _Listener(ThreadingHTTPServer):
+    """An HTTP listener on one address that records what reaches it."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, location: str = "") -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.hits: list[Hit] = []
+        self.location = location
+        super().__init__((host, port), _Recorder)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self.server_address[1])
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self.shutdown()
+        self.server_close()
+
+
+def _canaries() -> list[_Listener]:
+    """Listeners on 127.0.0.1 and [::1] with one port (retried until both are free)."""
+    for _ in range(20):
+        first = _Listener("127.0.0.1", 0)
+        try:
+            return [first, _Listener("::1", first.port)]
+        except OSError:
+            first.close()
+    msg = "no port free on both 127.0.0.1 and ::1"
+    raise RuntimeError(msg)
+
+
+@dataclass
+class CallbackTargets:
+    """The canary (must never be called), the redirector, the receiver and an internal name.
+
+    ``writer_log`` returns what the pipeline's writer logged so far (set by
+    whoever started the pipeline); the refusals are read from it.
+    """
+
+    canaries: list[_Listener]
+    redirector: _Listener
+    receiver: _Listener
+    hostname: str
+    writer_log: Callable[[], str] = lambda: ""
+
+    @property
+    def port(self) -> int:
+        """The canary's port (on 127.0.0.1 and ::1)."""
+        return self.canaries[0].port
+
+    def canary_hits(self) -> int:
+        """Requests the canary got (must stay 0)."""
+        return sum(len(c.hits) for c in self.canaries)
+
+    def hits_for(self, via: str, job_id: str) -> list[Hit]:
+        """The requests listener ``via`` got carrying job ``job_id``'s document."""
+        listener = {"redirector": self.redirector, "receiver": self.receiver}[via]
+        return [hit for hit in list(listener.hits) if job_id.encode() in hit[2]]
+
+    def cases(self) -> list[Case]:
+        """One small valid job per hostile callback URL, and the allowed positive control."""
+        p = self.port
+        refused = Expect(202, job="successful", stored=2, callback="refused")
+        urls = [
+            ("callback http://127.0.0.1", f"http://127.0.0.1:{p}/"),
+            ("callback http://[::1]", f"http://[::1]:{p}/"),
+            ("callback http://[::ffff:127.0.0.1]", f"http://[::ffff:127.0.0.1]:{p}/"),
+            ("callback http://169.254.169.254", "http://169.254.169.254/latest/meta-data/"),
+            ("callback http://2130706433", f"http://2130706433:{p}/"),
+            ("callback http://0.0.0.0", f"http://0.0.0.0:{p}/"),
+            (
+                f"callback to a name resolving to 10.0.0.1 ({self.hostname})",
+                f"http://{self.hostname}:{p}/?token=not-for-logs",
+            ),
+        ]
+        return [
+            *[Case(name, small_valid, refused, callback_url=url) for name, url in urls],
+            Case(
+                "callback redirected (302) to loopback",
+                small_valid,
+                Expect(
+                    202,
+                    job="successful",
+                    stored=2,
+                    callback="refused",
+                    callback_via="redirector",
+                ),
+                callback_url=f"http://{REDIRECTOR_HOST}:{self.redirector.port}/hook",
+            ),
+            Case(
+                "callback to an allow-listed receiver (control)",
+                small_valid,
+                Expect(
+                    202,
+                    job="successful",
+                    stored=2,
+                    callback="delivered",
+                    callback_via="receiver",
+                ),
+                callback_url=f"http://{RECEIVER_HOST}:{self.receiver.port}/hook",
+            ),
+        ]
+
+
+def _add_host(name: str, address: str) -> str:
+    line = f"{address} {name}  # geobus hostile suite\n"
+    text = HOSTS.read_text()
+    with HOSTS.open("a") as hosts:  # appended in place: /etc/hosts may be a bind mount
+        hosts.write(("" if not text or text.endswith("\n") else "\n") + line)
+    return line
+
+
+def _remove_host(line: str) -> None:
+    text = HOSTS.read_text()
+    if line in text:
+        with HOSTS.open("r+") as hosts:
+            hosts.write(text.replace(line, ""))
+            hosts.truncate()
+
+
+@contextlib.contextmanager
+def callback_targets() -> Iterator[CallbackTargets]:
+    """Start the listeners and map a unique name to 10.0.0.1 in /etc/hosts (root); undo both."""
+    canaries = _canaries()
+    listeners = [*canaries]
+    try:
+        redirector = _Listener(REDIRECTOR_HOST, 0, location=f"http://127.0.0.1:{canaries[0].port}/")
+        listeners.append(redirector)
+        receiver = _Listener(RECEIVER_HOST, 0)
+        listeners.append(receiver)
+        hostname = f"t{uuid.uuid4().hex[:12]}.geobus.test"
+        line = _add_host(hostname, "10.0.0.1")
+        try:
+            yield CallbackTargets(canaries, redirector, receiver, hostname)
+        finally:
+            _remove_host(line)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+def callback_log(log: str, job_id: str) -> list[tuple[str, str]]:
+    """(level, message) of every log line of the writer about job ``job_id``'s callback."""
+    needle = f"callback for job {job_id} "
+    found = []
+    for line in log.splitlines():
+        if needle not in line:
+            continue
+        try:
+            record = json.loads(line)
+            found.append((str(record["level"]).upper(), str(record["msg"])))
+        except (ValueError, KeyError, TypeError):
+            found.append(("WARNING" if "WARNING" in line else "?", line))
+    return found
+
+
+def _signature_problem(hit: Hit) -> str | None:
+    """Why the callback's Standard Webhooks headers do not verify (None: they do)."""
+    _, headers, body = hit
+    try:
+        verifier = Verifier(
+            [parse_secret(CALLBACK_SECRET)],
+            parse_headers(
+                headers["webhook-id"], headers["webhook-timestamp"], headers["webhook-signature"]
+            ),
+        )
+        verifier.update(body)
+        verifier.verify(now=int(time.time()))
+    except Exception as exc:  # any failure to verify is the finding
+        return f"callback signature does not verify: {type(exc).__name__}: {exc}"
+    return None
+
+
+def watch_callback(
+    case: Case, result: Result, targets: CallbackTargets, canary_before: int = 0
+) -> None:
+    """Wait for the job's callback to be refused or delivered; record and judge what happened.
+
+    ``canary_before``: the canary's requests before this case was sent.
+    """
+    want = case.expect
+    assert result.job_id is not None
+    deadline = time.monotonic() + CALLBACK_WAIT_S
+    lines: list[tuple[str, str]] = []
+    hits: list[Hit] = []
+    while time.monotonic() < deadline:
+        lines = callback_log(targets.writer_log(), result.job_id)
+        hits = targets.hits_for(want.callback_via, result.job_id) if want.callback_via else []
+        refused = any(" refused: " in msg for _, msg in lines)
+        if (want.callback == "refused" and refused) or (want.callback == "delivered" and hits):
+            break
+        if any(" failed (attempt " in msg for _, msg in lines):
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)  # a second refusal or a retry would show by now
+    lines = callback_log(targets.writer_log(), result.job_id)
+    refusals = [(level, msg) for level, msg in lines if " refused: " in msg]
+    if refusals:
+        result.callback = "refused: " + refusals[0][1].partition(" refused: ")[2]
+    elif hits:
+        result.callback = "delivered"
+    elif lines:
+        result.callback = lines[-1][1].partition(f"job {result.job_id} ")[2]
+    else:
+        result.callback = "none seen"
+    problems = result.problems
+    if want.callback == "refused":
+        if len(refusals) != 1 or len(lines) != 1:
+            problems.append(f"expected one refusal in the writer's log, got {lines}")
+        elif refusals[0][0] != "WARNING":
+            problems.append(f"refusal logged at {refusals[0][0]}, not WARNING")
+        if case.callback_url and "not-for-logs" in targets.writer_log():
+            problems.append("the callback URL's query reached the writer's log")
+    if want.callback == "delivered":
+        if lines:
+            problems.append(f"delivered callback logged {lines}")
+        if len(hits) != 1:
+            problems.append(f"{len(hits)} deliveries to the receiver, expected 1")
+        else:
+            result.callback = "delivered, signed"
+            bad = _signature_problem(hits[0])
+            if bad:
+                problems.append(bad)
+                result.callback = "delivered, unsigned or badly signed"
+    if want.callback_via == "redirector" and len(hits) != 1:
+        problems.append(f"{len(hits)} POSTs reached the redirector, expected 1")
+    if targets.canary_hits() != canary_before:
+        problems.append(f"the canary got {targets.canary_hits() - canary_before} requests")
+
+
 # -- sending and judging ----------------------------------------------------------
 
 
@@ -496,6 +809,8 @@ def send(
     if case.tamper:
         body = body[:-3] + bytes([body[-3] ^ 1]) + body[-2:]
     url = base + "/v1/features"
+    if case.callback_url is not None:
+        url += "?" + urlencode({"callback_url": case.callback_url})
     if case.repeat:
         first = client.request(case.method, url, content=body, headers=headers)
         if first.status_code != 202:
@@ -581,17 +896,31 @@ class Memory:
         return peak_rss_mb(pids[0]), max(children, default=0.0)
 
 
-def run(client: httpx.Client, base: str, case: Case, memory: Memory, timeout: float) -> Result:
-    """Send one input, wait for its final outcome, measure, judge."""
+def run(
+    client: httpx.Client,
+    base: str,
+    case: Case,
+    memory: Memory,
+    timeout: float,
+    targets: CallbackTargets | None = None,
+) -> Result:
+    """Send one input, wait for its final outcome (and its callback's), measure, judge."""
     body = case.body()  # made before the clock starts: a 1 GB bomb takes a while
+    canary_before = targets.canary_hits() if targets is not None else 0
     memory.reset()
     started = time.perf_counter()
     result, document = send(client, base, case, body)
     if result.status in (200, 202) and document is not None and "jobID" in document:
+        result.job_id = document["jobID"]
         follow(client, base, result, document["jobID"], timeout)
+    result.problems = judge(case, result)
+    if case.expect.callback is not None:
+        if targets is None or result.job_id is None:
+            result.problems.append("a callback case without callback targets or a job")
+        else:
+            watch_callback(case, result, targets, canary_before)
     result.seconds = time.perf_counter() - started
     result.ingress_mb, result.worker_mb = memory.peaks()
-    result.problems = judge(case, result)
     return result
 
 
@@ -634,38 +963,73 @@ def main() -> int:
 
     from bench import datasets, harness
 
-    harness.EXTRA_ENV.update(ENV)
     results: list[Result] = []
     started = time.perf_counter()
     with (
         tempfile.TemporaryDirectory() as tmp,
         harness.fresh_database() as pg_url,
-        harness.pipeline(pg_url, Path(tmp)) as (group, base),
         httpx.Client(timeout=600) as client,
     ):
-        memory = Memory(group.processes["ingress"].pid)
-        for case in cases(giant=True):
-            result = run(client, base, case, memory, timeout=600)
-            print(f"{result.case}: {result.outcome} ({result.seconds:.2f} s)", flush=True)
-            results.append(result)
-        after = normal_dataset(client, base, datasets.path("countries-land-10km"), 600)
-        results.append(after)
-        print(f"{after.case}: {after.outcome}", flush=True)
+        # The 10^7-vertex polygon first, on a pipeline of its own: its 60 MB
+        # feature must pass the body and feature-size limits to reach the
+        # vertex limit, which the other cases keep small.
+        harness.EXTRA_ENV.update(ENV | BIG_ENV)
+        with harness.pipeline(pg_url, Path(tmp) / "big") as (group, base):
+            memory = Memory(group.processes["ingress"].pid)
+            huge = run(client, base, huge_polygon_case(), memory, timeout=600)
+            print(f"{huge.case}: {huge.outcome} ({huge.seconds:.2f} s)", flush=True)
+        harness.EXTRA_ENV.clear()
+        harness.EXTRA_ENV.update(ENV | CALLBACK_ENV)
+        with (
+            callback_targets() as targets,
+            harness.pipeline(pg_url, Path(tmp) / "main") as (group, base),
+        ):
+            targets.writer_log = lambda: group.log("writer-1")
+            memory = Memory(group.processes["ingress"].pid)
+            for case in [*cases(giant=True), *targets.cases()]:
+                result = run(client, base, case, memory, timeout=600, targets=targets)
+                print(f"{result.case}: {result.outcome} ({result.seconds:.2f} s)", flush=True)
+                results.append(result)
+            results.append(huge)
+            after = normal_dataset(client, base, datasets.path("countries-land-10km"), 600)
+            results.append(after)
+            print(f"{after.case}: {after.outcome}", flush=True)
+            if targets.canary_hits():
+                after.problems.append(f"the canary got {targets.canary_hits()} requests in all")
     total = time.perf_counter() - started
     failures = [r for r in results if r.problems]
-    shown = ENV | {"GEOBUS_WEBHOOK_SECRETS": "(two whsec_ test secrets)"}
+    shown = (
+        ENV
+        | CALLBACK_ENV
+        | {
+            "GEOBUS_WEBHOOK_SECRETS": "(two whsec_ test secrets)",
+            "GEOBUS_CALLBACK_SECRET": "(a whsec_ test secret)",
+        }
+    )
     out = Path(__file__).parent / "results" / "hostile.md"
     out.write_text(
         "# Hostile inputs\n\n"
         "`python -m bench.hostile`: one pipeline (ingress + one worker per stage, PostGIS),"
         " the inputs sent one after the other, the giant variants. *s*: seconds from the"
-        " request to its final outcome (the HTTP answer, or the job's end). *ingress MB*,"
+        " request to its final outcome (the HTTP answer, or the job's end; for a callback"
+        " case, until the writer refused or delivered the callback, plus 0.3 s to see that"
+        " nothing follows). *ingress MB*,"
         " *worker MB*: peak RSS (VmHWM, reset before each input) of the ingress process and"
         " of its largest descendant (the conversion worker). The reset restarts the peak at"
         " the current RSS, and a worker keeps memory it once used (the allocator does not"
         " hand it back), so the worker column never falls below its earlier peaks: read it"
         " as an upper bound per input.\n\n"
-        f"Settings: `{json.dumps(shown)}`, the other limits at their defaults.\n\n"
+        f"Settings: `{json.dumps(shown)}`, the other limits at their defaults. The"
+        f" 10^7-vertex polygon ran first on a pipeline of its own with `{json.dumps(BIG_ENV)}`"
+        " on top (otherwise its 60 MB body would stop at the body or feature-size limit"
+        " before the vertex limit).\n\n"
+        "Callback cases: a small valid document with `?callback_url=`; a canary listener on"
+        " 127.0.0.1 and [::1] (one port) must get no request; the name `t<hex>.geobus.test`"
+        " maps to 10.0.0.1 in /etc/hosts for the run; the redirector (127.0.0.2,"
+        " allow-listed) answers 302 to the canary; the control receiver (127.0.0.3,"
+        " allow-listed) must get one callback whose Standard Webhooks signature verifies."
+        " *as expected* also requires exactly one refusal line, at WARNING, in the writer's"
+        " log per refused job.\n\n"
         f"{len(results)} inputs, {len(failures)} not as expected, {total:.0f} s in all.\n\n"
         + table(results)
         + "\n"

@@ -143,6 +143,12 @@ REJECTIONS_RECORDED = Counter(
     "Rejections the writer recorded, by the stage that rejected and the reason",
     ["stage", "reason"],
 )
+CALLBACKS = Counter(
+    "geobus_callbacks",
+    "Job callbacks the writer sent, by outcome: delivered (a 2xx answer), refused (an address"
+    " the SSRF guard refuses, or a redirect; never retried), failed (every attempt failed)",
+    ["outcome"],
+)
 
 INTERVAL = 0.05
 """The loop-lag probe's sleep."""

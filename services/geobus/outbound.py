@@ -29,7 +29,23 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 class ForbiddenAddressError(httpcore.ConnectError):
-    """The callback's host resolves only to addresses geobus must not call."""
+    """The callback's host resolves only to addresses geobus must not call.
+
+    Final: calling again cannot change the answer (a name that resolves
+    elsewhere later is checked again on that call). ``why`` says which
+    address and what it is, without the URL (which may carry credentials).
+    """
+
+    def __init__(self, host: str, reasons: Sequence[str]) -> None:
+        self.host = host
+        self.reasons = tuple(reasons)
+        super().__init__(f"refusing to connect to {host}: {self.why}")
+
+    @property
+    def why(self) -> str:
+        """``"127.0.0.1 is a loopback address"``; a name first: ``"h.example: 10.0.0.1 is …"``."""
+        joined = "; ".join(self.reasons)
+        return joined if self.host.strip("[]") in joined else f"{self.host}: {joined}"
 
 
 def check_url(url: str) -> str:
@@ -57,15 +73,15 @@ def forbidden(address: IPAddress, allow: Sequence[IPNetwork] = ()) -> str | None
             reason = forbidden(embedded, allow)
             return None if reason is None else f"{reason} (inside {address})"
     for flag, reason in (
-        ("is_unspecified", "unspecified"),
-        ("is_loopback", "loopback"),
-        ("is_link_local", "link-local"),
-        ("is_multicast", "multicast"),
-        ("is_private", "private"),
-        ("is_reserved", "reserved"),
+        ("is_unspecified", "an unspecified"),
+        ("is_loopback", "a loopback"),
+        ("is_link_local", "a link-local"),
+        ("is_multicast", "a multicast"),
+        ("is_private", "a private"),
+        ("is_reserved", "a reserved"),
     ):
         if getattr(address, flag):
-            return f"{address} is a {reason} address"
+            return f"{address} is {reason} address"
     if not address.is_global:  # CGNAT 100.64/10 and other special ranges
         return f"{address} is not a globally routable address"
     return None
@@ -99,8 +115,17 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         """Resolve, check every address, connect to the first allowed one."""
+        try:
+            resolved = await self._resolve(host, port)
+        except OSError as exc:
+            # Not a refusal: a name that does not resolve now may later (retried).
+            msg = f"cannot resolve {host}: {exc}"
+            raise httpcore.ConnectError(msg) from exc
+        if not resolved:
+            msg = f"cannot resolve {host}: no addresses"
+            raise httpcore.ConnectError(msg)
         reasons = []
-        for text in await self._resolve(host, port):
+        for text in resolved:
             address = ipaddress.ip_address(text.split("%", 1)[0])
             reason = forbidden(address, self._allow)
             if reason is None:
@@ -108,8 +133,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
                     str(address), port, timeout, local_address, socket_options
                 )
             reasons.append(reason)
-        msg = f"refusing to connect to {host}: " + ("; ".join(reasons) or "it does not resolve")
-        raise ForbiddenAddressError(msg)
+        raise ForbiddenAddressError(host, reasons)
 
     async def connect_unix_socket(
         self,
@@ -118,8 +142,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         """Never: callbacks go over TCP."""
-        msg = "unix sockets are not callback targets"
-        raise ForbiddenAddressError(msg)
+        raise ForbiddenAddressError(path, ["unix sockets are not callback targets"])
 
     async def sleep(self, seconds: float) -> None:
         """Delegate to the inner backend."""

@@ -48,6 +48,7 @@ EXPECTED = {
     "geobus_writer_commit_seconds": "histogram",
     "geobus_job_duration_seconds": "histogram",
     "geobus_rejections_recorded": "counter",
+    "geobus_callbacks": "counter",
 }
 
 

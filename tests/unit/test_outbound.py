@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import ClassVar
 
 import pytest
+from prometheus_client import REGISTRY
 
 from geobus.outbound import ForbiddenAddressError, GuardedBackend, check_url, forbidden
 from geobus.signing import Verifier, parse_headers
@@ -94,8 +95,9 @@ class _Hits(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Hits.hits.append((self.server.server_address[0], dict(self.headers), body))  # type: ignore[index]
-        if _Hits.redirect_to and self.server.server_address[0] == "127.0.0.2":
+        host = str(self.server.server_address[0])  # type: ignore[index]
+        _Hits.hits.append((host, dict(self.headers), body))
+        if _Hits.redirect_to and host == "127.0.0.2":
             self.send_response(307)
             self.send_header("Location", _Hits.redirect_to)
         else:
@@ -124,11 +126,14 @@ async def test_signed_delivery_to_an_allowed_host(servers: tuple[HTTPServer, HTT
     """A callback to an allow-listed host arrives once, signed per Standard Webhooks."""
     key = b"k" * 32
     sender = CallbackSender(key=key, allow=(ipaddress.ip_network("127.0.0.2/32"),))
+    before = REGISTRY.get_sample_value("geobus_callbacks_total", {"outcome": "delivered"}) or 0
     try:
         port = servers[0].server_address[1]
         assert await sender.deliver(f"http://127.0.0.2:{port}/hook", {"jobID": "j1"})
     finally:
         await sender.close()
+    after = REGISTRY.get_sample_value("geobus_callbacks_total", {"outcome": "delivered"})
+    assert after == before + 1
     ((_, headers, body),) = _Hits.hits
     assert json.loads(body) == {"jobID": "j1"}
     verifier = Verifier(
@@ -141,24 +146,95 @@ async def test_signed_delivery_to_an_allowed_host(servers: tuple[HTTPServer, HTT
     verifier.verify(now=int(headers["webhook-timestamp"]))
 
 
+def _callbacks(outcome: str) -> float:
+    return REGISTRY.get_sample_value("geobus_callbacks_total", {"outcome": outcome}) or 0.0
+
+
 async def test_loopback_is_refused_and_redirects_are_not_followed(
-    servers: tuple[HTTPServer, HTTPServer],
+    servers: tuple[HTTPServer, HTTPServer], caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Loopback is never called; a redirect from an allowed host to loopback is not followed."""
+    """Loopback is never called; a redirect from an allowed host to loopback is not followed;
+    each is one final refusal (no retry), logged once without the URL's secrets, and counted."""
     allowed, loopback = servers
     sender = CallbackSender(
-        allow=(ipaddress.ip_network("127.0.0.2/32"),), attempts=2, first_delay_s=0.01
+        allow=(ipaddress.ip_network("127.0.0.2/32"),), attempts=3, first_delay_s=0.01
     )
+    before = _callbacks("refused")
     try:
-        assert not await sender.deliver(
-            f"http://127.0.0.1:{loopback.server_address[1]}/", {"jobID": "j"}
-        )
-        assert _Hits.hits == []
-        _Hits.redirect_to = f"http://127.0.0.1:{loopback.server_address[1]}/"
-        assert not await sender.deliver(
-            f"http://127.0.0.2:{allowed.server_address[1]}/", {"jobID": "j"}
-        )
+        with caplog.at_level("WARNING", logger="geobus.writer.callbacks"):
+            assert not await sender.deliver(
+                f"http://127.0.0.1:{loopback.server_address[1]}/?token=s3cret", {"jobID": "j1"}
+            )
+            assert _Hits.hits == []
+            _Hits.redirect_to = f"http://127.0.0.1:{loopback.server_address[1]}/"
+            assert not await sender.deliver(
+                f"http://127.0.0.2:{allowed.server_address[1]}/?token=s3cret", {"jobID": "j2"}
+            )
     finally:
         _Hits.redirect_to = ""
         await sender.close()
-    assert {hit[0] for hit in _Hits.hits} == {"127.0.0.2"}
+    # One request to the redirector, none to loopback: the 307 was neither followed nor retried.
+    assert [hit[0] for hit in _Hits.hits] == ["127.0.0.2"]
+    assert _callbacks("refused") - before == 2
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "callback for job j1 refused: 127.0.0.1 is a loopback address",
+        "callback for job j2 refused: the receiver answered 307 (a redirect, which geobus"
+        " does not follow)",
+    ]
+    assert all(r.levelname == "WARNING" for r in caplog.records)
+    assert not any("s3cret" in line for line in lines)
+
+
+async def test_a_name_that_does_not_resolve_is_retried_not_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A resolver error is a transient connect failure: retried, then counted as failed."""
+
+    async def resolver(name: str, port: int) -> list[str]:
+        raise OSError("Name or service not known")
+
+    sender = CallbackSender(resolver=resolver, attempts=2, first_delay_s=0.01)
+    before = _callbacks("failed")
+    try:
+        with caplog.at_level("WARNING", logger="geobus.writer.callbacks"):
+            assert not await sender.deliver("http://nowhere.example/", {"jobID": "j3"})
+    finally:
+        await sender.close()
+    assert _callbacks("failed") - before == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert all("failed (attempt" in line and "cannot resolve" in line for line in lines)
+
+
+async def test_a_name_resolving_inside_is_refused_with_its_address() -> None:
+    """The refusal names the host and the address it resolved to."""
+
+    async def resolver(name: str, port: int) -> list[str]:
+        return ["10.0.0.1"]
+
+    backend = GuardedBackend(resolver=resolver)
+    with pytest.raises(ForbiddenAddressError) as caught:
+        await backend.connect_tcp("inside.example", 80)
+    assert caught.value.why == "inside.example: 10.0.0.1 is a private address"
+
+
+async def test_an_unexpected_error_is_counted_as_failed_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug below deliver() ends in one logged, counted failure, never in a dead task."""
+
+    async def resolver(name: str, port: int) -> list[str]:
+        raise RuntimeError("bug")
+
+    sender = CallbackSender(resolver=resolver, attempts=3, first_delay_s=0.01)
+    before = _callbacks("failed")
+    try:
+        with caplog.at_level("WARNING", logger="geobus.writer.callbacks"):
+            assert not await sender.deliver("http://example.com/", {"jobID": "j4"})
+    finally:
+        await sender.close()
+    assert _callbacks("failed") - before == 1
+    assert [r.getMessage() for r in caplog.records] == [
+        "callback for job j4 failed: unexpected error"
+    ]

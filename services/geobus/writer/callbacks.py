@@ -7,6 +7,12 @@ through :mod:`geobus.outbound`, which refuses internal addresses at connect
 time (SSRF) and never follows redirects. Delivery is retried with
 exponential backoff and full jitter; a callback that still fails is logged
 and given up — the outcome is in the ledger and on the bus either way.
+
+A refusal is final and not retried: an address the guard refuses, or a
+redirect (3xx), cannot turn into a delivery by asking again. It is logged
+once at WARNING with the job id and the reason, never the URL (its user
+information or query may be the client's secret). Every callback is counted
+once in ``geobus_callbacks_total{outcome=delivered|refused|failed}``.
 """
 
 from __future__ import annotations
@@ -21,8 +27,14 @@ from typing import Any
 
 import httpcore
 
-from geobus import signing
-from geobus.outbound import IPNetwork, Resolver, guarded_pool, system_resolver
+from geobus import metrics, signing
+from geobus.outbound import (
+    ForbiddenAddressError,
+    IPNetwork,
+    Resolver,
+    guarded_pool,
+    system_resolver,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +73,19 @@ class CallbackSender:
         return headers
 
     async def deliver(self, url: str, document: dict[str, Any]) -> bool:
-        """POST ``document`` to ``url`` until a 2xx answer; True when delivered."""
+        """POST ``document`` to ``url`` until a 2xx answer or a refusal; True when delivered."""
+        try:
+            outcome = await self._deliver(url, document)
+        except Exception:
+            # A callback must never take the writer down; a bug here is still counted.
+            log.exception("callback for job %s failed: unexpected error", document.get("jobID"))
+            outcome = "failed"
+        metrics.CALLBACKS.labels(outcome).inc()
+        return outcome == "delivered"
+
+    async def _deliver(self, url: str, document: dict[str, Any]) -> str:
+        """``"delivered"``, ``"refused"`` (final, logged once) or ``"failed"`` (retries spent)."""
+        job_id = document.get("jobID")
         body = json.dumps(document).encode()
         # One id for every attempt: the receiver deduplicates retries on it.
         message_id = f"msg_{uuid.uuid4().hex}"
@@ -84,6 +108,9 @@ class CallbackSender:
                         }
                     },
                 )
+            except ForbiddenAddressError as exc:
+                log.warning("callback for job %s refused: %s", job_id, exc.why)
+                return "refused"
             except httpcore.ConnectError as exc:
                 outcome = str(exc)
             except (
@@ -93,13 +120,23 @@ class CallbackSender:
             ) as exc:
                 outcome = f"{type(exc).__name__}: {exc}"
             else:
-                # 3xx is not followed: a redirect could point anywhere.
                 if 200 <= response.status < 300:
-                    return True
+                    return "delivered"
+                if 300 <= response.status < 400:
+                    # Not followed: a redirect could point anywhere, the guard's
+                    # networks included. Its Location is not logged (it may
+                    # carry a secret); asking again gets the same answer.
+                    log.warning(
+                        "callback for job %s refused: the receiver answered %d (a redirect,"
+                        " which geobus does not follow)",
+                        job_id,
+                        response.status,
+                    )
+                    return "refused"
                 outcome = f"HTTP {response.status}"
             log.warning(
                 "callback for job %s failed (attempt %d/%d): %s",
-                document.get("jobID"),
+                job_id,
                 attempt,
                 self._attempts,
                 outcome,
@@ -107,7 +144,7 @@ class CallbackSender:
             if attempt < self._attempts:
                 await asyncio.sleep(random.uniform(0, delay))  # noqa: S311 - jitter only
                 delay *= 2
-        return False
+        return "failed"
 
     async def close(self) -> None:
         """Close the connection pool."""
