@@ -98,3 +98,21 @@ def test_histogram_quantiles_use_only_what_the_job_added() -> None:
     above = quantiles(before, {**after, inf: 111.0})
     assert above["max_ms"] == 10.0
     assert above["max_above_ms"]
+
+
+def test_the_ingress_own_view_of_the_probe_is_judged_against_the_targets() -> None:
+    """Loop lag and accept time from the ingress's histograms get rows with verdicts."""
+    probe = {
+        "rates": {"post": 20.0, "healthz": 50.0},
+        "post": [(0.0, 0.004, 202)],
+        "healthz": [(0.0, 0.002, 200)],
+        "loop_lag": {"samples": 200, "p50_ms": 1.0, "p99_ms": 3.5, "max_ms": 10.0},
+        "accept": {"samples": 150, "p50_ms": 4.0, "p99_ms": 12.0, "max_ms": 25.0},
+    }
+    results: dict[str, Any] = {"scaling": {"big-200mb x1": {"runs": [], "probe": probe}}}
+    table = "\n".join(report._targets(results))
+    assert "| ingress event-loop lag p99 while it runs (max) | 3.5 ms (≤ 10) | ≤ 5 ms | yes |" in (
+        table
+    )
+    assert "(arrival → 202, its histogram) | p99 12 ms (p50 4) | ≤ 10 ms | **NO** |" in table
+    assert "p99 3.5 ms" in report.markdown(results)

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
+import msgspec
+
 from geobus.errors import DocumentError
 
 Framing = Literal["json", "seq", "ndjson"]
@@ -71,6 +73,12 @@ _WS = re.compile(rb"[ \t\r\n]*")
 _FEATURES_OPEN = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*\[")
 _COLON = re.compile(rb"[ \t\r\n]*:")
 _UTF8_BOM = b"\xef\xbb\xbf"
+# The window's complete features in one C call (see _window_elements).
+_RAW_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
+_SEPARATOR = re.compile(rb"[ \t\r\n]*,[ \t\r\n]*")
+# How a feature most often ends where the next one starts.
+_BOUNDARIES = (b"},{", b"},\n{", b"}, {", b"},\r\n{", b"}\n,{")
+_CUT_ATTEMPTS = 2
 
 
 @dataclass(slots=True)
@@ -251,6 +259,7 @@ class Scanner:
         """Yield the elements of the array whose ``[`` ends just before ``pos``."""
         buf = self._buf
         first = True
+        tried = -1  # document offset of the window end the fast path last saw
         while True:
             pos = self._skip_ws(pos)
             if pos >= len(buf.data):
@@ -271,6 +280,16 @@ class Scanner:
                     raise buf.truncated(pos, "inside the features array")
             first = False
             pos -= buf.drop_before(pos)
+            if tried != buf.base + len(buf.data):
+                # Once per window read: every complete feature in it at once.
+                tried = buf.base + len(buf.data)
+                items = _window_elements(buf, pos, index, self._max)
+                if items:
+                    yield from items
+                    index += len(items)
+                    last = items[-1]
+                    pos = last.offset - buf.base + len(last.text)
+                    continue
             offset = buf.base + pos
             end, kept = self._value_end(pos)
             if kept:
@@ -467,6 +486,48 @@ class Scanner:
                 index += 1
             if cut >= len(buf.data) and buf.eof:
                 return
+
+
+def _window_elements(buf: _Buffer, pos: int, index: int, limit: int) -> list[RawItem]:
+    """The complete features of the window from ``pos``, sliced by one msgspec call.
+
+    The regular-expression path costs a few Python steps per feature; a
+    window of small features (100k points: 1,500 per MiB) goes ~3x faster
+    in one C-level decode of ``[<the window up to its last feature end>]``.
+    The cut is found by looking for how features usually meet (``},{``);
+    a wrong guess (inside a string, inside a feature) cannot decode, so
+    what is handed out is always exactly what the slow path finds. Anything
+    unusual — no cut found, a malformed or over-deep feature, an element
+    that is not an object or is larger than ``limit`` — ends the fast path
+    there, and the slow path takes over from that element.
+    """
+    data = buf.data
+    end = len(data)
+    for _ in range(_CUT_ATTEMPTS):
+        cut = max(data.rfind(boundary, pos, end) for boundary in _BOUNDARIES)
+        if cut < 0:
+            return []
+        try:
+            raws = _RAW_ELEMENTS.decode(b"[" + data[pos : cut + 1] + b"]")
+            break
+        except (msgspec.DecodeError, RecursionError):
+            end = cut  # the guess was inside a feature: try the one before
+    else:
+        return []
+    items = []
+    base = buf.base
+    separator = _SEPARATOR.match
+    for raw in raws:
+        text = bytes(raw)
+        if text[:1] != b"{" or len(text) > limit:
+            break
+        items.append(RawItem(index, text, base + pos))
+        index += 1
+        m = separator(data, pos + len(text))
+        if m is None:
+            break
+        pos = m.end()
+    return items
 
 
 def _match_end(pattern: re.Pattern[bytes], data: bytearray, pos: int) -> int:
