@@ -41,7 +41,7 @@ from geobus.ingress.auth import admin_only
 from geobus.ingress.documents import jobs_document
 from geobus.ingress.ports import JobRecord
 from geobus.ingress.problem import problem
-from geobus.ingress.resources import InvalidParameterError, resources_of
+from geobus.ingress.resources import InvalidParameterError, int_parameter, resources_of
 from geobus.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -128,21 +128,6 @@ def deadletters_of(request: Request) -> DeadLetters:
 
 
 # -- parameters ----------------------------------------------------------------
-
-
-def int_parameter(request: Request, name: str, default: int, low: int, high: int) -> int:
-    """Query parameter ``name`` as an integer in [low, high]; InvalidParameterError if not."""
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        detail = f"{name} must be an integer {low}-{high}"
-        raise InvalidParameterError("invalid-parameter", detail, name)
-    return value
 
 
 def choice_parameter(request: Request, name: str, allowed: tuple[str, ...]) -> str | None:

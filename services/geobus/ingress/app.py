@@ -37,7 +37,12 @@ from geobus.ingress.monitor import BrokerProbe, watch
 from geobus.ingress.openapi import get_openapi
 from geobus.ingress.ports import JobStore, Publisher, PublisherFactory
 from geobus.ingress.problem import EXCEPTION_HANDLERS, problem
-from geobus.ingress.resources import InvalidParameterError, Resources, resources_of
+from geobus.ingress.resources import (
+    InvalidParameterError,
+    Resources,
+    int_parameter,
+    resources_of,
+)
 from geobus.ingress.resume import resume_spooled
 from geobus.ingress.runner import ConversionRunner, PoolRunner, process_pool
 from geobus.ingress.telemetry import Telemetry, metrics_endpoint
@@ -73,27 +78,13 @@ async def get_job(request: Request) -> Response:
     return JSONResponse(job_document(job))
 
 
-def _int_parameter(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = low - 1
-    if not low <= value <= high:
-        detail = f"{name} must be an integer {low}-{high}"
-        raise InvalidParameterError("invalid-parameter", detail, name)
-    return value
-
-
 async def get_rejects(request: Request) -> Response:
     """One page of the job's rejected features."""
     store = resources_of(request).store
     job_id = request.path_params["job_id"]
     try:
-        limit = _int_parameter(request, "limit", REJECTS_PAGE, 1, REJECTS_PAGE_MAX)
-        offset = _int_parameter(request, "offset", 0, 0, 2**62)
+        limit = int_parameter(request, "limit", REJECTS_PAGE, 1, REJECTS_PAGE_MAX)
+        offset = int_parameter(request, "offset", 0, 0, 2**62)
     except InvalidParameterError as exc:
         return problem(
             422, exc.detail, instance=request.url.path, code=exc.code, parameter=exc.parameter

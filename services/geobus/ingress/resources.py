@@ -37,3 +37,18 @@ def resources_of(request: Request) -> Resources:
     """The resources the lifespan put into the request's state."""
     resources: Resources = request.state.resources
     return resources
+
+
+def int_parameter(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """Query parameter ``name`` as an integer in [low, high]; InvalidParameterError if not."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = low - 1
+    if not low <= value <= high:
+        detail = f"{name} must be an integer {low}-{high}"
+        raise InvalidParameterError("invalid-parameter", detail, name)
+    return value
