@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import msgspec
 
-from geobus.codec.limits import DEFAULT_LIMITS, DocumentLimits, check_geometry, check_id
+from geobus.codec.limits import (
+    DEFAULT_LIMITS,
+    DocumentLimits,
+    check_geometry,
+    check_id,
+    within_limits,
+)
 from geobus.codec.limits import check_properties as check_properties_limits
 from geobus.problems import Problem, R
 from geobus.v1 import feature_pb2
@@ -34,6 +40,7 @@ GEOMETRY_TYPES = frozenset(
 _INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NULL = b"null"
+_FEATURE = b'"Feature"'
 # Explaining a malformed feature decodes it into Python objects; beyond this
 # size the explanation is not worth that memory.
 EXPLAIN_BYTES = 4 * 1024 * 1024
@@ -85,16 +92,22 @@ def parse_feature(
             "the feature's JSON is nested too deeply (arrays or objects inside each other"
             " about a thousand times)",
         )
-    problem = _not_utf8(member)
-    if problem is not None:
-        return problem
-    kind = _string(_raw(member.type))
+    # The common small feature passes one screen over its whole text; only
+    # one the screen cannot vouch for takes the exact checks member by member.
+    checked = within_limits(text, limits)
+    if not checked:
+        problem = _not_utf8(member)
+        if problem is not None:
+            return problem
+    raw_type = bytes(member.type)
+    # The common spelling skips a JSON decode (same result as _string).
+    kind = "Feature" if raw_type == _FEATURE else _string(raw_type)
     if kind == "Feature":
-        return _feature(index, member, limits)
+        return _feature(index, member, limits, checked)
     if kind in GEOMETRY_TYPES:
         # A bare geometry (a sequence record or a whole document) is a feature
         # with that geometry and no properties.
-        problem = check_geometry(text, limits, "", 0)
+        problem = None if checked else check_geometry(text, limits, "", 0)
         if problem is not None:
             return problem
         return ParsedFeature(index=index, id=None, geometry=text, properties=b"", bbox=[])
@@ -115,8 +128,10 @@ def _raw(value: msgspec.Raw) -> bytes:
     return bytes(value)
 
 
-def _feature(index: int, member: _Member, limits: DocumentLimits) -> ParsedFeature | Problem:
-    geometry = _raw(member.geometry)
+def _feature(
+    index: int, member: _Member, limits: DocumentLimits, checked: bool
+) -> ParsedFeature | Problem:
+    geometry = bytes(member.geometry)
     if not geometry:
         return Problem(
             R.REJECT_REASON_INVALID_FEATURE,
@@ -131,7 +146,7 @@ def _feature(index: int, member: _Member, limits: DocumentLimits) -> ParsedFeatu
             '"geometry" must be a GeoJSON geometry object or null',
             "/geometry",
         )
-    properties = _raw(member.properties)
+    properties = bytes(member.properties)
     if properties == _NULL:
         # RFC 7946 requires the member; a missing one is read as null, which
         # is what it means, rather than refusing a whole feature for it.
@@ -142,14 +157,15 @@ def _feature(index: int, member: _Member, limits: DocumentLimits) -> ParsedFeatu
             '"properties" must be a JSON object or null',
             "/properties",
         )
-    raw_id = _raw(member.id)
-    problem = (
-        (check_geometry(geometry, limits, "/geometry", 1) if geometry else None)
-        or (check_properties_limits(properties, limits) if properties else None)
-        or check_id(raw_id, limits)
-    )
-    if problem is not None:
-        return problem
+    raw_id = bytes(member.id)
+    if not checked:
+        problem = (
+            (check_geometry(geometry, limits, "/geometry", 1) if geometry else None)
+            or (check_properties_limits(properties, limits) if properties else None)
+            or check_id(raw_id, limits)
+        )
+        if problem is not None:
+            return problem
     feature_id = _feature_id(raw_id)
     if isinstance(feature_id, Problem):
         return feature_id
