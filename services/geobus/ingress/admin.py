@@ -26,6 +26,7 @@ is away or too slow is answered with ``503``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -189,32 +190,43 @@ async def list_jobs(request: Request) -> Response:
     return JSONResponse(document)
 
 
+DeadLetterHandler = Callable[[Request, "DeadLetters", str | None], Awaitable[Response]]
+
+
+def _dead_letter_endpoint(handler: DeadLetterHandler) -> Callable[[Request], Awaitable[Response]]:
+    """Parse ``?stage=`` (422 when unknown) and answer 503 when the broker cannot be reached."""
+
+    @functools.wraps(handler)
+    async def endpoint(request: Request) -> Response:
+        try:
+            stage = choice_parameter(request, "stage", DEAD_LETTER_STAGES)
+        except InvalidParameterError as exc:
+            return _invalid(request, exc)
+        try:
+            return await handler(request, deadletters_of(request), stage)
+        except (TransientError, ConfigurationError) as exc:
+            return _unavailable(request, exc)
+
+    return endpoint
+
+
 @admin_only
-async def list_dead_letters(request: Request) -> Response:
+@_dead_letter_endpoint
+async def list_dead_letters(
+    request: Request, deadletters: DeadLetters, stage: str | None
+) -> Response:
     """Per stage: how many dead letters, grouped by reason and error class."""
-    try:
-        stage = choice_parameter(request, "stage", DEAD_LETTER_STAGES)
-    except InvalidParameterError as exc:
-        return _invalid(request, exc)
-    try:
-        listing = await deadletters_of(request).listing(stage)
-    except (TransientError, ConfigurationError) as exc:
-        return _unavailable(request, exc)
-    return JSONResponse(listing)
+    return JSONResponse(await deadletters.listing(stage))
 
 
 @admin_only
-async def show_dead_letter(request: Request) -> Response:
+@_dead_letter_endpoint
+async def show_dead_letter(
+    request: Request, deadletters: DeadLetters, stage: str | None
+) -> Response:
     """One dead letter decoded; a JSON array when the broker holds several with that id."""
     message_id = request.path_params["message_id"]
-    try:
-        stage = choice_parameter(request, "stage", DEAD_LETTER_STAGES)
-    except InvalidParameterError as exc:
-        return _invalid(request, exc)
-    try:
-        found = await deadletters_of(request).show(message_id, stage)
-    except (TransientError, ConfigurationError) as exc:
-        return _unavailable(request, exc)
+    found = await deadletters.show(message_id, stage)
     if not found:
         return _unknown(request, message_id)
     # A batch of thousands of features makes a document of megabytes: render it
@@ -224,17 +236,13 @@ async def show_dead_letter(request: Request) -> Response:
 
 
 @admin_only
-async def replay_dead_letter(request: Request) -> Response:
+@_dead_letter_endpoint
+async def replay_dead_letter(
+    request: Request, deadletters: DeadLetters, stage: str | None
+) -> Response:
     """Republish the dead letter(s) with the id to where they came from, confirmed."""
     message_id = request.path_params["message_id"]
-    try:
-        stage = choice_parameter(request, "stage", DEAD_LETTER_STAGES)
-    except InvalidParameterError as exc:
-        return _invalid(request, exc)
-    try:
-        report = await deadletters_of(request).replay(message_id, stage)
-    except (TransientError, ConfigurationError) as exc:
-        return _unavailable(request, exc)
+    report = await deadletters.replay(message_id, stage)
     if not report["replayed"] and not report["failed"]:
         return _unknown(request, message_id)
     if report["failed"]:
