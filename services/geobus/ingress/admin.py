@@ -190,7 +190,7 @@ async def list_jobs(request: Request) -> Response:
     return JSONResponse(document)
 
 
-DeadLetterHandler = Callable[[Request, "DeadLetters", str | None], Awaitable[Response]]
+DeadLetterHandler = Callable[[Request, DeadLetters, str | None], Awaitable[Response]]
 
 
 def _dead_letter_endpoint(handler: DeadLetterHandler) -> Callable[[Request], Awaitable[Response]]:
