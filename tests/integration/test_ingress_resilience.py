@@ -245,6 +245,9 @@ def test_deep_stage_queue_turns_documents_away_with_503(pipeline: Pipeline) -> N
     """No stage running: once a queue passes GEOBUS_MAX_QUEUE_DEPTH, POST is 503 until it drains."""
     pipeline.env["GEOBUS_BATCH_MAX_FEATURES"] = "100"
     pipeline.env["GEOBUS_MAX_QUEUE_DEPTH"] = "20"
+    # Only the queue depth may refuse here: on a loaded machine the small
+    # documents could otherwise pass the per-client limit (429) first.
+    pipeline.env["GEOBUS_MAX_JOBS_PER_CLIENT"] = "1000"
     pipeline.start("ingress", "ingress")
     pipeline.wait_ready()
     _accepted(pipeline, PLACES)  # 46 batches into a queue nobody consumes

@@ -31,7 +31,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from starlette.requests import ClientDisconnect, Request
@@ -44,6 +43,7 @@ from geobus.codec.limits import DocumentLimits
 from geobus.geometries import MAX_PRECISION
 from geobus.ingress import spool, webhooks
 from geobus.ingress.admission import Refusal, Upload
+from geobus.ingress.bodyfile import BodyFile
 from geobus.ingress.conversion import SOURCE_URI
 from geobus.ingress.limits import BodyMeter, BodyRefusedError
 from geobus.ingress.ports import JobRecord, JobStore
@@ -149,28 +149,17 @@ async def _job_parameters(request: Request) -> _JobParameters:
     return _JobParameters(collection, source_crs, callback_url, digits)
 
 
-def _close_synced(handle: BinaryIO) -> None:
-    """Flush, fsync and close the spool file (blocking: run in a thread)."""
-    try:
-        handle.flush()
-        spool.fsync_file_handle(handle)
-    finally:
-        handle.close()
+async def _spool_body(request: Request, path: Path, checks: _Checks) -> tuple[int, BodyFile]:
+    """Stream the request body into ``path`` through ``checks``; return its size and file.
 
-
-async def _spool_body(request: Request, path: Path, checks: _Checks) -> tuple[int, BinaryIO]:
-    """Stream the request body into ``path`` through ``checks``; return its size and handle.
-
-    The handle is still open and the body not yet fsynced: the caller syncs
-    it (:func:`_close_synced`) while it writes the metadata, or closes it and
-    deletes the file. Raises _SpoolFullError when the body crosses the spool
-    budget, BodyRefusedError when it passes a size limit or is not valid
-    gzip, TimeoutError when it stalls; the file is deleted first.
+    The file is still open and the body not yet fsynced: the caller syncs it
+    (:meth:`BodyFile.sync_and_close`) while it writes the metadata, or closes
+    it and deletes the file. Raises _SpoolFullError when the body crosses the
+    spool budget, BodyRefusedError when it passes a size limit or is not
+    valid gzip, TimeoutError when it stalls; the file is deleted first.
     """
-    handle: BinaryIO = await asyncio.to_thread(path.open, "xb")
+    body = await asyncio.to_thread(BodyFile.create, path)
     meter = checks.meter
-    # Flushes to disk while the body arrives: the fsync before the 202 is short.
-    writeback = spool.Writeback(handle)
     loop = asyncio.get_running_loop()
     idle = checks.idle_timeout
     # One deadline moved forward on every chunk: a stalled body ends with
@@ -188,36 +177,31 @@ async def _spool_body(request: Request, path: Path, checks: _Checks) -> tuple[in
                 meter.count(chunk)
                 if not checks.upload.grow(meter.body_bytes):
                     raise _SpoolFullError
-                # A chunk is at most a socket read (64 KiB): copying it into the
-                # page cache and through HMAC-SHA256 (~40 µs per secret) takes
-                # less than a hop to a thread.
-                handle.write(chunk)
-                writeback.wrote(meter.body_bytes)
+                await body.write(chunk)
                 if checks.verifier is not None:
+                    # HMAC-SHA256 of a chunk (at most a socket read) costs
+                    # less than a hop to a thread: ~40 µs per 64 KiB per secret.
                     checks.verifier.update(chunk)
                 if meter.gzip:
                     # Inflating costs ~1 ms per 64 KiB chunk of GeoJSON and ~130 ms
                     # for a chunk of a gzip bomb (measured): off the loop.
                     await asyncio.to_thread(meter.inflate, chunk)
             meter.finish()
-        await writeback.finish()
+        await body.finish()
     except BaseException:
-        try:
-            await writeback.abandon()  # no flush may still use the file
-        finally:
-            handle.close()
+        await body.abandon()  # no write may still use the file
         await asyncio.to_thread(path.unlink, missing_ok=True)
         raise
-    return meter.body_bytes, handle
+    return meter.body_bytes, body
 
 
-async def _discard(handle: BinaryIO, path: Path) -> None:
+async def _discard(body: BodyFile, path: Path) -> None:
     """Close and delete a spooled body that is not acknowledged."""
-    handle.close()
+    body.close()
     await asyncio.to_thread(path.unlink, missing_ok=True)
 
 
-async def _sync_and_write_meta(handle: BinaryIO, spool_dir: Path, meta: SpoolMeta) -> None:
+async def _sync_and_write_meta(body: BodyFile, spool_dir: Path, meta: SpoolMeta) -> None:
     """Fsync the body and write the metadata at the same time; raise the first error.
 
     They do not need an order: a job is acknowledged only once the store
@@ -226,7 +210,7 @@ async def _sync_and_write_meta(handle: BinaryIO, spool_dir: Path, meta: SpoolMet
     flush off every 202.
     """
     outcomes = await asyncio.gather(
-        asyncio.to_thread(_close_synced, handle),
+        asyncio.to_thread(body.sync_and_close),
         asyncio.to_thread(spool.write_meta, spool_dir, meta),
         return_exceptions=True,
     )
@@ -353,7 +337,7 @@ async def _accept(
     job_id = str(uuid.uuid4())
     body = spool.body_path(settings.spool_dir, job_id)
     try:
-        size, handle = await _spool_body(request, body, checks)
+        size, spooled = await _spool_body(request, body, checks)
     except ClientDisconnect:
         log.info("client disconnected while sending job %s; nothing was spooled", job_id)
         return problem(400, "the request body was not received completely", instance=instance)
@@ -379,13 +363,13 @@ async def _accept(
             checks.verifier.verify(arrived, settings.webhook_tolerance)
         except SignatureError as exc:
             # Nothing of an unauthenticated body is kept, recorded or published.
-            await _discard(handle, body)
+            await _discard(spooled, body)
             log.warning(
                 "POST refused: %s (webhook-id %r)", exc.reason, checks.verifier.headers.message_id
             )
             return _unauthorized(exc, instance)
     if size == 0:
-        await _discard(handle, body)
+        await _discard(spooled, body)
         return problem(400, "the request body is empty", instance=instance, code="empty-body")
 
     created = datetime.now(UTC)
@@ -410,7 +394,7 @@ async def _accept(
             precision=parameters.precision,
             document_limits=dataclasses.asdict(DocumentLimits.from_settings(settings)),
         )
-        await _sync_and_write_meta(handle, settings.spool_dir, meta)
+        await _sync_and_write_meta(spooled, settings.spool_dir, meta)
         job = JobRecord(
             job_id=job_id,
             status="accepted",
@@ -427,7 +411,7 @@ async def _accept(
         first = await asyncio.to_thread(_record, resources.store, job)
     except BaseException:
         # Not acknowledged, so not kept: the client sees an error and resends.
-        handle.close()  # a no-op once synced
+        spooled.close()  # a no-op once synced
         await asyncio.to_thread(spool.remove, settings.spool_dir, job_id)
         raise
     if first is not None:

@@ -10,13 +10,11 @@ and can be converted again from the spool alone.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 BODY_SUFFIX = ".body"
 META_SUFFIX = ".json"
@@ -94,11 +92,6 @@ def fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_file_handle(handle: BinaryIO) -> None:
-    """Flush an open file's data to disk (blocking: call it in a thread)."""
-    os.fsync(handle.fileno())
-
-
 def fsync_dir(directory: Path) -> None:
     """Make the directory entries of new or renamed files durable."""
     fd = os.open(directory, os.O_RDONLY)
@@ -106,57 +99,6 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-WRITEBACK_BYTES = 16 * 1024 * 1024
-"""How much of a body is received between two background flushes to disk."""
-
-
-class Writeback:
-    """Flushes a body to disk in parts while it is still being received.
-
-    The 202 waits for the body's fsync. Left to the end, that fsync writes
-    the whole body at once (a 200 MB body: ~0.4 s after the last byte
-    arrived). Started every ``every`` bytes in a thread, while the event loop
-    goes on receiving, the disk writes overlap the upload and the final
-    fsync has only the last part left. One flush at a time: a slow disk is
-    not queued more work than it can take.
-
-    On the event loop: call :meth:`wrote` after each write, then
-    :meth:`finish` before the final fsync (it re-raises a failed flush), or
-    :meth:`abandon` when the body is given up.
-    """
-
-    def __init__(self, handle: BinaryIO, every: int = WRITEBACK_BYTES) -> None:
-        self._handle = handle
-        self._every = every
-        self._flushed = 0
-        self._task: asyncio.Future[None] | None = None
-
-    def wrote(self, size: int) -> None:
-        """``size`` bytes of the body are written so far; flush in the background if due."""
-        if size - self._flushed < self._every:
-            return
-        if self._task is not None and not self._task.done():
-            return  # the previous flush is still running: the next one catches up
-        if self._task is not None and self._task.exception() is not None:
-            return  # finish() reports it
-        # Python's buffer to the kernel here, on the loop (a memcpy of at
-        # most one buffer); the thread only waits for the disk.
-        self._handle.flush()
-        self._flushed = size
-        self._task = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, self._handle.fileno()))
-
-    async def finish(self) -> None:
-        """Wait for the flush in flight; raise its error (the body is not safe on disk)."""
-        if self._task is not None:
-            await self._task
-
-    async def abandon(self) -> None:
-        """Wait for the flush in flight, ignoring its outcome (before the file is closed)."""
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._task)
 
 
 def write_meta(spool_dir: Path, meta: SpoolMeta) -> Path:
