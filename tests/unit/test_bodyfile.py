@@ -31,7 +31,7 @@ async def _write_all(body: BodyFile, data: bytes, chunk: int = CHUNK) -> None:
 async def test_the_file_holds_the_body_exactly(tmp_path: Path, size: int) -> None:
     """Whole blocks, a partial last block and a body smaller than a block."""
     data = _body(size)
-    body = await asyncio.to_thread(BodyFile.create, tmp_path / "a.body")
+    body = BodyFile(tmp_path / "a.body")
     await _write_all(body, data, chunk=1000 if size < 10_000 else CHUNK)
     assert (tmp_path / "a.body").read_bytes() == data
     assert body.size == size
@@ -39,11 +39,34 @@ async def test_the_file_holds_the_body_exactly(tmp_path: Path, size: int) -> Non
 
 async def test_full_blocks_bypass_the_page_cache(tmp_path: Path) -> None:
     """On this machine's file system the blocks go out with O_DIRECT (what the 202 relies on)."""
-    body = await asyncio.to_thread(BodyFile.create, tmp_path / "a.body")
+    body = BodyFile(tmp_path / "a.body")
+    assert not (tmp_path / "a.body").exists()  # created by the first write, in a thread
+    await body.write(b"a" * BLOCK_BYTES)
+    await body.finish()
     try:
         assert body.direct
     finally:
         body.close()
+
+
+async def test_a_small_body_is_created_by_its_fsync(tmp_path: Path) -> None:
+    """A body below one block reaches the disk only in sync_and_close (one thread hop)."""
+    body = BodyFile(tmp_path / "a.body")
+    await body.write(b"{}")
+    await body.finish()
+    assert not (tmp_path / "a.body").exists()
+    await asyncio.to_thread(body.sync_and_close)
+    assert (tmp_path / "a.body").read_bytes() == b"{}"
+
+
+async def test_an_existing_file_is_never_overwritten(tmp_path: Path) -> None:
+    """O_EXCL: a job id that somehow exists fails the request instead of mixing bodies."""
+    (tmp_path / "a.body").write_bytes(b"other")
+    body = BodyFile(tmp_path / "a.body")
+    await body.write(b"{}")
+    with pytest.raises(FileExistsError):
+        await asyncio.to_thread(body.sync_and_close)
+    assert (tmp_path / "a.body").read_bytes() == b"other"
 
 
 async def test_at_most_two_blocks_are_in_flight(
@@ -52,15 +75,15 @@ async def test_at_most_two_blocks_are_in_flight(
     """While the disk is slow, the reader waits instead of filling more memory."""
     release = threading.Event()
     started: list[int] = []
-    real = bodyfile._write_block
+    real = BodyFile._write_block
 
-    def slow(direct: int, fd: int, data: memoryview, offset: int) -> None:
+    def slow(self: BodyFile, data: memoryview, offset: int) -> None:
         started.append(offset)
         release.wait(5)
-        real(direct, fd, data, offset)
+        real(self, data, offset)
 
-    monkeypatch.setattr(bodyfile, "_write_block", slow)
-    body = await asyncio.to_thread(BodyFile.create, tmp_path / "a.body")
+    monkeypatch.setattr(BodyFile, "_write_block", slow)
+    body = BodyFile(tmp_path / "a.body")
     await body.write(b"a" * BLOCK_BYTES)
     await body.write(b"b" * (BLOCK_BYTES - 1))  # second block not full: nothing waits
     blocked = asyncio.ensure_future(body.write(b"b"))  # second block full: two in flight
@@ -83,7 +106,7 @@ async def test_a_failed_block_write_fails_the_body(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(bodyfile.os, "pwrite", full)
-    body = await asyncio.to_thread(BodyFile.create, tmp_path / "a.body")
+    body = BodyFile(tmp_path / "a.body")
     await body.write(b"a" * BLOCK_BYTES)
     with pytest.raises(OSError, match="No space left"):
         await body.finish()
@@ -94,13 +117,12 @@ async def test_a_refused_o_direct_write_goes_through_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """EINVAL from an O_DIRECT write (alignment the device wants): same bytes, other way."""
-    body = await asyncio.to_thread(BodyFile.create, tmp_path / "a.body")
-    direct = body._direct
+    body = BodyFile(tmp_path / "a.body")
     pwrite = os.pwrite
     refused: list[int] = []
 
     def picky(fd: int, data: memoryview, offset: int) -> int:
-        if fd == direct:
+        if fd == body._direct:
             refused.append(offset)
             raise OSError(errno.EINVAL, "Invalid argument")
         return pwrite(fd, data, offset)
@@ -115,7 +137,7 @@ async def test_a_refused_o_direct_write_goes_through_the_page_cache(
 async def test_without_o_direct_the_body_is_flushed_every_few_bytes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file system that refuses O_DIRECT at open: page cache, fdatasync in the background."""
+    """A file system that refuses O_DIRECT at open: page cache, fdatasync now and then."""
     synced: list[int] = []
 
     def fdatasync(fd: int) -> None:
@@ -129,16 +151,17 @@ async def test_without_o_direct_the_body_is_flushed_every_few_bytes(
         return real_open(path, flags, mode)
 
     monkeypatch.setattr(bodyfile.os, "open", no_direct)
+    monkeypatch.setattr(bodyfile, "BLOCK_BYTES", 6)
     monkeypatch.setattr(bodyfile, "WRITEBACK_BYTES", 10)
     monkeypatch.setattr(bodyfile.os, "fdatasync", fdatasync)
-    body = await asyncio.to_thread(BodyFile.create, tmp_path / "a.body")
-    assert not body.direct
+    body = BodyFile(tmp_path / "a.body")
     for _ in range(5):
         await body.write(b"x" * 6)
-        await body.finish()  # let each flush run before the next write
+        await body.finish()
+    assert not body.direct
     await asyncio.to_thread(body.sync_and_close)
-    # Flushed at 12 (first time past 10) and 24 (12 more); not at 30 (only 6 more).
-    assert synced == [12, 24]
+    # Flushed when a block crossed 10 (6..12) and 20 (18..24); 30 ends the last block.
+    assert synced == [12, 24, 30]
     assert (tmp_path / "a.body").read_bytes() == b"x" * 30
 
 

@@ -14,9 +14,12 @@ page cache (``O_DIRECT`` wants whole blocks), and the fsync before the 202
 has only that part and the device's cache left to flush.
 
 Where the file system refuses ``O_DIRECT`` (tmpfs, some network file
-systems), the body is written through the page cache on the loop, flushed
-every ``WRITEBACK_BYTES`` by a background ``fdatasync`` so that the final
-fsync stays short.
+systems), the same threads write the blocks through the page cache and
+``fdatasync`` every ``WRITEBACK_BYTES``, so that the final fsync stays short.
+
+The file is created by the first thread that writes to it: a body smaller
+than a block (every webhook of a few KB) costs no thread hop before its
+fsync.
 
 On the event loop: :meth:`BodyFile.write` each chunk, :meth:`finish` once the
 body is complete (it raises the first failed write), then
@@ -32,6 +35,7 @@ import contextlib
 import errno
 import mmap
 import os
+import threading
 from pathlib import Path
 
 BLOCK_BYTES = 2 * 1024 * 1024
@@ -52,25 +56,14 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
         offset += written
 
 
-def _write_block(direct: int, fd: int, data: memoryview, offset: int) -> None:
-    """Write a full block with O_DIRECT, through the page cache if the file system refuses."""
-    try:
-        _pwrite_all(direct, data, offset)
-    except OSError as exc:
-        # Accepted at open, refused at write (alignment the device wants
-        # bigger than ours, a file system that only pretends): same bytes,
-        # same place, the ordinary way.
-        if exc.errno != errno.EINVAL:
-            raise
-        _pwrite_all(fd, data, offset)
-
-
 class BodyFile:
-    """A new spool body file, written as the body arrives (see the module)."""
+    """A new spool body file at ``path``, written as the body arrives (see the module)."""
 
-    def __init__(self, fd: int, direct: int | None) -> None:
-        self._fd = fd
-        self._direct = direct
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._opening = threading.Lock()
+        self._fd: int | None = None
+        self._direct: int | None = None
         self._offset = 0  # where the block being filled starts
         self._block: mmap.mmap | None = None
         self._fill = 0
@@ -78,32 +71,52 @@ class BodyFile:
         self._in_flight: collections.deque[tuple[asyncio.Future[None], mmap.mmap]] = (
             collections.deque()
         )
-        self._flushed = 0
-        self._flushing: asyncio.Future[None] | None = None
         self._closed = False
 
-    @classmethod
-    def create(cls, path: Path) -> BodyFile:
-        """Create ``path`` (it must not exist). Blocking: call it in a thread."""
-        fd = os.open(path, _FLAGS | os.O_CREAT | os.O_EXCL, _MODE)
-        direct: int | None = None
-        if hasattr(os, "O_DIRECT"):
-            with contextlib.suppress(OSError):  # EINVAL: no O_DIRECT on this file system
-                direct = os.open(path, _FLAGS | os.O_DIRECT)
-        return cls(fd, direct)
+    def _open(self) -> int:
+        """The file's descriptor; creates the file (it must not exist) first. Blocking."""
+        with self._opening:
+            if self._closed:
+                raise OSError(errno.EBADF, f"{self.path}: closed")
+            if self._fd is None:
+                self._fd = os.open(self.path, _FLAGS | os.O_CREAT | os.O_EXCL, _MODE)
+                if hasattr(os, "O_DIRECT"):
+                    # EINVAL: no O_DIRECT on this file system.
+                    with contextlib.suppress(OSError):
+                        self._direct = os.open(self.path, _FLAGS | os.O_DIRECT)
+            return self._fd
+
+    def _write_block(self, data: memoryview, offset: int) -> None:
+        """Write a full block with O_DIRECT, or the ordinary way. Blocking: a thread."""
+        fd = self._open()
+        if self._direct is not None:
+            try:
+                _pwrite_all(self._direct, data, offset)
+                return
+            except OSError as exc:
+                # Accepted at open, refused at write (alignment the device wants
+                # bigger than ours, a file system that only pretends): same
+                # bytes, same place, the ordinary way.
+                if exc.errno != errno.EINVAL:
+                    raise
+        _pwrite_all(fd, data, offset)
+        # Through the page cache: flushed in parts, so that the fsync before
+        # the 202 does not have the whole body left to write.
+        if (offset + len(data)) // WRITEBACK_BYTES != offset // WRITEBACK_BYTES:
+            os.fdatasync(fd)
 
     @property
     def direct(self) -> bool:
-        """Whether full blocks bypass the page cache."""
+        """Whether full blocks bypass the page cache (known once the file exists)."""
         return self._direct is not None
+
+    @property
+    def size(self) -> int:
+        """Bytes written or waiting in the block being filled."""
+        return self._offset + self._fill
 
     async def write(self, chunk: bytes) -> None:
         """Append ``chunk``; wait only when every block is in flight (the disk is slower)."""
-        if self._direct is None:
-            _pwrite_all(self._fd, memoryview(chunk), self._offset)
-            self._offset += len(chunk)
-            self._flush_if_due()
-            return
         data = memoryview(chunk)
         while data:
             if self._block is None:
@@ -117,12 +130,9 @@ class BodyFile:
 
     async def _submit(self) -> None:
         assert self._block is not None
-        assert self._direct is not None
         block, self._block, self._fill = self._block, None, 0
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            None, _write_block, self._direct, self._fd, memoryview(block), self._offset
-        )
+        future = loop.run_in_executor(None, self._write_block, memoryview(block), self._offset)
         self._in_flight.append((future, block))
         self._offset += BLOCK_BYTES
         while self._in_flight and (
@@ -140,34 +150,18 @@ class BodyFile:
                 self._in_flight.popleft()
                 self._free.append(block)
 
-    def _flush_if_due(self) -> None:
-        if self._offset - self._flushed < WRITEBACK_BYTES:
-            return
-        if self._flushing is not None and not self._flushing.done():
-            return  # the previous flush is still running: the next one catches up
-        if self._flushing is not None and self._flushing.exception() is not None:
-            return  # finish() reports it
-        self._flushed = self._offset
-        self._flushing = asyncio.ensure_future(asyncio.to_thread(os.fdatasync, self._fd))
-
-    @property
-    def size(self) -> int:
-        """Bytes written or waiting in the block being filled."""
-        return self._offset + self._fill
-
     async def finish(self) -> None:
         """Wait for every block and flush in flight; raise the first error (body not safe)."""
         while self._in_flight:
             await self._reclaim()
-        if self._flushing is not None:
-            await self._flushing
 
     def sync_and_close(self) -> None:
         """Write the partial last block, fsync and close. Blocking: a thread, after finish()."""
         try:
+            fd = self._open()
             if self._block is not None and self._fill:
-                _pwrite_all(self._fd, memoryview(self._block)[: self._fill], self._offset)
-            os.fsync(self._fd)
+                _pwrite_all(fd, memoryview(self._block)[: self._fill], self._offset)
+            os.fsync(fd)
         finally:
             self.close()
 
@@ -176,20 +170,17 @@ class BodyFile:
         while self._in_flight:
             with contextlib.suppress(Exception):
                 await self._reclaim()
-        if self._flushing is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._flushing)
         self.close()
 
     def close(self) -> None:
         """Close the file without syncing it (idempotent; never with writes in flight)."""
-        if self._closed:
-            return
-        self._closed = True
-        for fd in (self._fd, self._direct):
-            if fd is not None:
-                os.close(fd)
-        # Blocks still in flight stay referenced by their futures' callers.
+        with self._opening:
+            if self._closed:
+                return
+            self._closed = True
+            for fd in (self._fd, self._direct):
+                if fd is not None:
+                    os.close(fd)
         for block in (*self._free, *([self._block] if self._block is not None else [])):
             # A view the GC has not dropped yet keeps the memory; it goes with the view.
             with contextlib.suppress(BufferError):

@@ -1,0 +1,37 @@
+"""The ingress's uvicorn server: what it does around start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from geobus.ingress.admission import Drain
+from geobus.ingress.server import DrainingServer
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    gc.unfreeze()
+    yield
+    gc.unfreeze()  # the rest of the test session keeps its ordinary collector
+
+
+async def test_start_up_freezes_what_it_made(unfrozen: None) -> None:
+    """After start-up the long-lived objects are out of the cyclic collector's walks."""
+    config = uvicorn.Config(Starlette(), host="127.0.0.1", port=0, lifespan="off", log_config=None)
+    server = DrainingServer(config, Drain(), drain_seconds=0)
+    assert gc.get_freeze_count() == 0
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, no event)
+                await asyncio.sleep(0.01)
+        assert gc.get_freeze_count() > 10_000  # the modules of an ingress and more
+    finally:
+        server.should_exit = True
+        await serving
