@@ -226,11 +226,19 @@ def observe_batch(
     out: feature_pb2.FeatureBatch,
     rejections: rejection_pb2.RejectionBatch | None,
     seconds: float,
+    *,
+    fixed: int | None = None,
 ) -> None:
-    """Count one batch a stage transformed (its features in, out, repaired and rejected)."""
+    """Count one batch a stage transformed (its features in, out, repaired and rejected).
+
+    ``fixed``: how many features the stage repaired, when the caller knows
+    (a batch that came out as it went in, a stage that never repairs); None
+    counts them in ``out``, a pass over every feature.
+    """
     STAGE_FEATURES.labels(stage, "in").inc(len(batch.features))
     STAGE_FEATURES.labels(stage, "out").inc(len(out.features))
-    fixed = repaired(out.features, stage)
+    if fixed is None:
+        fixed = repaired(out.features, stage)
     if fixed:
         STAGE_REPAIRED.labels(stage).inc(fixed)
     count_rejections(STAGE_REJECTED, stage, rejections)

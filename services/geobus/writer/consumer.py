@@ -87,7 +87,7 @@ class Writer:
         self.callbacks = callbacks
         self._callbacks: set[asyncio.Task[bool]] = set()
 
-    async def handle(self, payload: Message, _message: AbstractIncomingMessage) -> None:
+    async def handle(self, payload: Message, message: AbstractIncomingMessage) -> None:
         """Store one message's content; ack follows when this returns."""
         if isinstance(payload, feature_pb2.FeatureBatch):
             # What the database refuses is rejected feature by feature
@@ -96,8 +96,13 @@ class Writer:
             with logs.bind(batch=payload.sequence):
                 result = await write_isolating(self.store, payload, STAGE)
             seconds = metrics.now() - started
+            if result.batch is payload:
+                # Stored whole: feature.stored carries the bytes received, not
+                # the batch encoded again.
+                result.encoded = message.body
             metrics.WRITER_COMMIT_SECONDS.observe(seconds)
-            metrics.observe_batch(STAGE, payload, result.batch, result.rejections, seconds)
+            # The writer stores geometry as it comes: it never repairs.
+            metrics.observe_batch(STAGE, payload, result.batch, result.rejections, seconds, fixed=0)
             await publish_result(
                 self.publisher,
                 self.topology,
