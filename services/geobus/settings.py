@@ -69,6 +69,14 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _niceness(value: str) -> int:
+    number = int(value)
+    if not 0 <= number <= 19:
+        msg = f"expected a nice increment 0-19, got {value!r}"
+        raise ValueError(msg)
+    return number
+
+
 def _port(value: str) -> int:
     number = int(value)
     if not 0 < number < 65536:
@@ -456,6 +464,13 @@ class Settings:
     )
     retry_after: int = _setting(
         5, _positive_int, "Seconds the ingress's 503 and 429 answers ask clients to wait"
+    )
+    batch_niceness: int = _setting(
+        5,
+        _niceness,
+        "Added to the nice value of the stage services and of the ingress's conversion worker"
+        " (0-19): on a busy machine their batch work yields the CPU to the ingress's event"
+        " loop, which answers the 202s; 0 keeps them at the ingress's priority",
     )
     shutdown_drain: float = _setting(
         0.0,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from geobus.ingress.runner import CONVERSION_NICENESS, process_pool
+from geobus.ingress.runner import process_pool
+from geobus.settings import Settings
 from geobus.workerpool import WORKER_NICENESS, WorkerPool
 
 
@@ -27,9 +28,9 @@ async def test_stage_workers_run_below_the_stage() -> None:
 
 
 def test_the_conversion_worker_runs_below_the_ingress() -> None:
-    """The ingress's conversion worker is CONVERSION_NICENESS steps nicer than the ingress."""
-    pool = process_pool(1)
+    """The ingress's conversion worker is GEOBUS_BATCH_NICENESS steps nicer than the ingress."""
+    pool = process_pool(1, Settings().batch_niceness)
     try:
-        assert pool.submit(os.nice, 0).result(timeout=60) == _expected(CONVERSION_NICENESS)
+        assert pool.submit(os.nice, 0).result(timeout=60) == _expected(5)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -133,7 +133,8 @@ async def readyz(request: Request) -> Response:
 
 def pool_runner(settings: Settings, store: JobStore, publisher: Publisher) -> ConversionRunner:
     """The default runner: one worker process converting one job at a time."""
-    runner = PoolRunner(settings, store, publisher, functools.partial(process_pool, 1))
+    pools = functools.partial(process_pool, 1, settings.batch_niceness)
+    runner = PoolRunner(settings, store, publisher, pools)
     runner.warm_up()
     return runner
 

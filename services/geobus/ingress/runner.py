@@ -54,12 +54,6 @@ RETRY_MAX = 30.0
 CRASH_ATTEMPTS = 3
 """Conversions of one job that may crash (not fail transiently) before the job fails."""
 WATCHDOG_INTERVAL = 0.5
-# Unlike the stages' workers (geobus.workerpool.WORKER_NICENESS), the
-# conversion worker keeps the ingress's priority: it is the first step of
-# every job, and on a shared 2-core machine at nice 10 it lost more end-to-end
-# time (points-100k vs ogr2ogr 1.44x -> 1.51x, 1.64x -> 2.18x) than it gave
-# the event loop (small-POST p99 within the noise).
-CONVERSION_NICENESS = 0
 
 PoolFactory = Callable[[], Executor]
 
@@ -80,8 +74,11 @@ class ConversionRunner(Protocol):
 def _worker_init(ingress_pid: int, niceness: int = 0) -> None:
     """Set up a conversion worker: the ingress alone decides when it stops.
 
-    It runs ``niceness`` steps below the ingress's CPU priority (see
-    :data:`CONVERSION_NICENESS`).
+    It runs ``niceness`` (GEOBUS_BATCH_NICENESS) steps below the ingress's
+    CPU priority, like the stage services, so that the event loop wins the
+    CPU on a saturated machine. Alone at nice 10 (the stages at 0) it lost
+    end-to-end time (points-100k vs ogr2ogr 1.44x -> 1.51x): the same step
+    for every batch process keeps their shares of the CPU as they were.
 
     A SIGTERM or Ctrl-C sent to the whole process group must not kill a
     conversion half-way (the ingress waits for it, or stops it itself), and
@@ -129,7 +126,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def process_pool(workers: int = 1, niceness: int = CONVERSION_NICENESS) -> ProcessPoolExecutor:
+def process_pool(workers: int = 1, niceness: int = 0) -> ProcessPoolExecutor:
     """A pool of fresh interpreters (never forked from the running event loop)."""
     method = "forkserver" if sys.platform == "linux" else "spawn"
     return ProcessPoolExecutor(
