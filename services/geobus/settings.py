@@ -466,7 +466,7 @@ class Settings:
         5, _positive_int, "Seconds the ingress's 503 and 429 answers ask clients to wait"
     )
     batch_niceness: int = _setting(
-        5,
+        15,
         _niceness,
         "Added to the nice value of the stage services and of the ingress's conversion worker"
         " (0-19): on a busy machine their batch work yields the CPU to the ingress's event"

@@ -240,7 +240,7 @@ def test_clean_shutdown(pipeline: Pipeline) -> None:
     pipeline.start_all()
     job = wait_final(pipeline, post(pipeline, datasets.path(LAND))["jobID"])
     assert job["status"] == "successful"
-    # Batch work runs GEOBUS_BATCH_NICENESS (5) below the ingress's event loop.
+    # Batch work runs GEOBUS_BATCH_NICENESS (15) below the ingress's event loop.
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     nice = {name: os.getpriority(os.PRIO_PROCESS, p.pid) for name, p in pipeline.processes.items()}
     ingress = pipeline.processes["ingress"].pid
@@ -251,10 +251,10 @@ def test_clean_shutdown(pipeline: Pipeline) -> None:
         int(g) for w in workers for g in Path(f"/proc/{w}/task/{w}/children").read_text().split()
     ]
     assert {name: n - ours for name, n in nice.items()} == {
-        name: 0 if name == "ingress" else min(5, 19 - ours) for name in pipeline.processes
+        name: 0 if name == "ingress" else min(15, 19 - ours) for name in pipeline.processes
     }
     assert conversion
-    assert all(os.getpriority(os.PRIO_PROCESS, c) == ours + 5 for c in conversion)
+    assert all(os.getpriority(os.PRIO_PROCESS, c) == min(19, ours + 15) for c in conversion)
     codes = pipeline.stop()
     assert set(codes.values()) == {0}, codes
     for name in pipeline.processes:

@@ -29,8 +29,10 @@ async def test_stage_workers_run_below_the_stage() -> None:
 
 def test_the_conversion_worker_runs_below_the_ingress() -> None:
     """The ingress's conversion worker is GEOBUS_BATCH_NICENESS steps nicer than the ingress."""
-    pool = process_pool(1, Settings().batch_niceness)
+    niceness = Settings().batch_niceness
+    assert niceness == 15
+    pool = process_pool(1, niceness)
     try:
-        assert pool.submit(os.nice, 0).result(timeout=60) == _expected(5)
+        assert pool.submit(os.nice, 0).result(timeout=60) == _expected(niceness)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -78,7 +78,10 @@ def _worker_init(ingress_pid: int, niceness: int = 0) -> None:
     CPU priority, like the stage services, so that the event loop wins the
     CPU on a saturated machine. Alone at nice 10 (the stages at 0) it lost
     end-to-end time (points-100k vs ogr2ogr 1.44x -> 1.51x): the same step
-    for every batch process keeps their shares of the CPU as they were.
+    for every batch process keeps their shares of the CPU as they were
+    (default 15, against 0 and 5: event-loop lag p99 during a 200 MB job
+    17-18 -> 9.9 ms, small-POST p99 inside the ingress 89-204 -> 48 ms,
+    points-100k end to end unchanged).
 
     A SIGTERM or Ctrl-C sent to the whole process group must not kill a
     conversion half-way (the ingress waits for it, or stops it itself), and
