@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -11,17 +12,19 @@ import uvicorn
 from starlette.applications import Starlette
 
 from geobus.ingress.admission import Drain
-from geobus.ingress.server import DrainingServer
+from geobus.ingress.server import SWITCH_INTERVAL, DrainingServer
 
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
     gc.unfreeze()
+    interval = sys.getswitchinterval()
     yield
     gc.unfreeze()  # the rest of the test session keeps its ordinary collector
+    sys.setswitchinterval(interval)
 
 
-async def test_start_up_freezes_what_it_made(unfrozen: None) -> None:
+async def test_start_up_freezes_what_it_made_and_shortens_gil_holds(unfrozen: None) -> None:
     """After start-up the long-lived objects are out of the cyclic collector's walks."""
     config = uvicorn.Config(Starlette(), host="127.0.0.1", port=0, lifespan="off", log_config=None)
     server = DrainingServer(config, Drain(), drain_seconds=0)
@@ -32,6 +35,7 @@ async def test_start_up_freezes_what_it_made(unfrozen: None) -> None:
             while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, no event)
                 await asyncio.sleep(0.01)
         assert gc.get_freeze_count() > 10_000  # the modules of an ingress and more
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
     finally:
         server.should_exit = True
         await serving

@@ -16,6 +16,7 @@ import importlib.util
 import logging
 import signal
 import socket
+import sys
 import time
 from types import FrameType
 
@@ -29,6 +30,9 @@ from geobus.ingress.webhooks import check_exposure
 from geobus.settings import Settings
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread may hold the GIL while the event loop waits for it."""
 
 
 def http_implementation() -> str:
@@ -78,6 +82,11 @@ class DrainingServer(uvicorn.Server):
         # collection walks only what requests made since.
         gc.collect()
         gc.freeze()
+        # The threads that persist jobs (psycopg, JSON) hold the GIL in
+        # stretches; by default the loop may wait 5 ms for it each time. At
+        # 0.5 ms the small POSTs' p99 inside the ingress during a 200 MB job
+        # fell from 99-192 to 45-75 ms (3 probe runs each, same sitting).
+        sys.setswitchinterval(SWITCH_INTERVAL)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """First signal: start draining (a plain flag: we are in a signal handler)."""
