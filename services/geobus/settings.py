@@ -69,20 +69,20 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _niceness(value: str) -> int:
+def _int_within(value: str, low: int, high: int, expected: str) -> int:
     number = int(value)
-    if not 0 <= number <= 19:
-        msg = f"expected a nice increment 0-19, got {value!r}"
+    if not low <= number <= high:
+        msg = f"expected {expected}, got {value!r}"
         raise ValueError(msg)
     return number
+
+
+def _niceness(value: str) -> int:
+    return _int_within(value, 0, 19, "a nice increment 0-19")
 
 
 def _port(value: str) -> int:
-    number = int(value)
-    if not 0 < number < 65536:
-        msg = f"expected a TCP port 1-65535, got {value!r}"
-        raise ValueError(msg)
-    return number
+    return _int_within(value, 1, 65535, "a TCP port 1-65535")
 
 
 def _port_or_zero(value: str) -> int:
