@@ -223,7 +223,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from geobus import metrics
+    from geobus.workerpool import lower_priority
 
+    # Batch work, below the ingress's priority (its event loop answers the
+    # 202s); first, so that every thread and worker process started from
+    # here on inherits it. Not in run_stage: tests run stages in-process.
+    lower_priority(settings.batch_niceness)
     if settings.metrics_port:
         metrics.serve(settings.http_host, settings.metrics_port)
     if args.stage == "validator":

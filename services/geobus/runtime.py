@@ -34,7 +34,6 @@ from geobus.settings import Settings
 from geobus.stage import StageResult
 from geobus.stagerunner import StageRunner, TransformFactory
 from geobus.v1 import feature_pb2
-from geobus.workerpool import lower_priority
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +165,6 @@ async def run_stage(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Declare the topology, connect, and consume the stage's queue until ``stop`` is set."""
-    # Batch work: below the ingress's priority (its event loop answers the
-    # 202s). Threads started from here on inherit it.
-    lower_priority(settings.batch_niceness)
     stop = stop or stop_on_signals()
     # Declared (or, GEOBUS_DECLARE_TOPOLOGY=false, checked) once, not again
     # on the publisher's connection.
