@@ -11,17 +11,21 @@ import pytest
 import uvicorn
 from starlette.applications import Starlette
 
+from geobus import scheduling
 from geobus.ingress.admission import Drain
-from geobus.ingress.server import SWITCH_INTERVAL, DrainingServer
+from geobus.ingress.server import LOOP_SLICE, SWITCH_INTERVAL, DrainingServer
 
 
 @pytest.fixture
 def unfrozen() -> Iterator[None]:
     gc.unfreeze()
     interval = sys.getswitchinterval()
+    slice_ = scheduling.current_slice()
     yield
     gc.unfreeze()  # the rest of the test session keeps its ordinary collector
     sys.setswitchinterval(interval)
+    if slice_ is not None:
+        scheduling.request_slice(slice_)
 
 
 async def test_start_up_freezes_what_it_made_and_shortens_gil_holds(unfrozen: None) -> None:
@@ -36,6 +40,7 @@ async def test_start_up_freezes_what_it_made_and_shortens_gil_holds(unfrozen: No
                 await asyncio.sleep(0.01)
         assert gc.get_freeze_count() > 10_000  # the modules of an ingress and more
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL)
+        assert scheduling.current_slice() == pytest.approx(LOOP_SLICE)
     finally:
         server.should_exit = True
         await serving
