@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,6 +34,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from geobus import background
 from geobus.v1 import feature_pb2, rejection_pb2
 
 log = logging.getLogger(__name__)
@@ -289,16 +290,9 @@ async def probe_loop_lag(interval: float = INTERVAL) -> None:
             LOOP_LAG_MAX.set(lag)
 
 
-@contextlib.asynccontextmanager
-async def loop_lag_probe(interval: float = INTERVAL) -> AsyncIterator[None]:
+def loop_lag_probe(interval: float = INTERVAL) -> contextlib.AbstractAsyncContextManager[None]:
     """Run :func:`probe_loop_lag` for the duration of the block (the ingress's lifespan)."""
-    task = asyncio.create_task(probe_loop_lag(interval), name="loop lag probe")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return background.running(probe_loop_lag(interval), "loop lag probe")
 
 
 def serve(host: str, port: int) -> int:

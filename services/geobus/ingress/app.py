@@ -15,7 +15,6 @@ shutdown gives conversions in flight their time, then closes everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from geobus import metrics
+from geobus import background, metrics
 from geobus.ingress import admin
 from geobus.ingress.admission import Admission, BrokerPressure, Drain
 from geobus.ingress.documents import rejects_document
@@ -152,18 +151,6 @@ async def amqp_probe(settings: Settings) -> BrokerProbe:
     return await connect_probe(settings)
 
 
-@asynccontextmanager
-async def _watching(probe: BrokerProbe, pressure: BrokerPressure) -> AsyncIterator[None]:
-    task = asyncio.create_task(watch(probe, pressure), name="broker monitor")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await probe.close()
-
-
 def create_app(
     settings: Settings,
     *,
@@ -215,7 +202,10 @@ def create_app(
             admission = Admission(settings, runner.pending, broker_pressure, draining)
             if probe_factory is not None:
                 probe = await probe_factory(settings)
-                await stack.enter_async_context(_watching(probe, broker_pressure))
+                stack.push_async_callback(probe.close)  # after the monitor stopped
+                await stack.enter_async_context(
+                    background.running(watch(probe, broker_pressure), "broker monitor")
+                )
             await resume_spooled(settings.spool_dir, job_store, runner)
             # Samples the loop's lag for /metrics (geobus_event_loop_lag_seconds).
             await stack.enter_async_context(metrics.loop_lag_probe())
