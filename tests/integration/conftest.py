@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+import aio_pika
 import httpx
 import psycopg
 import pytest
@@ -174,10 +175,26 @@ def pipeline(pipeline_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]
         _delete_topology(pipeline_env["GEOBUS_AMQP_URL"], pipeline_env["GEOBUS_PREFIX"])
 
 
-def _delete_topology(amqp_url: str, prefix: str) -> None:
+def publish(pipeline: Pipeline, routing_key: str, message: aio_pika.Message) -> None:
+    """Publish ``message`` (with confirms) to the features exchange of the pipeline's prefix."""
     import asyncio
 
-    import aio_pika
+    from geobus.broker.topology import topology
+
+    names = topology(pipeline.env["GEOBUS_PREFIX"])
+
+    async def run() -> None:
+        connection = await aio_pika.connect(pipeline.env["GEOBUS_AMQP_URL"])
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.get_exchange(names.features_exchange)
+            await exchange.publish(message, routing_key, mandatory=True)
+
+    asyncio.run(run())
+
+
+def _delete_topology(amqp_url: str, prefix: str) -> None:
+    import asyncio
 
     from geobus.broker.topology import delete, topology
 

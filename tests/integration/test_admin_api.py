@@ -23,7 +23,7 @@ from geobus.ingress.openapi import document as openapi_document
 from geobus.settings import Settings
 from geobus.store import open_store
 from geobus.store.base import FeatureStore, JobRecord
-from tests.integration.conftest import Pipeline
+from tests.integration.conftest import Pipeline, publish
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +53,6 @@ def _timed(method: str, url: str, **kwargs: Any) -> httpx.Response:
     print(f"{method} {url.split('/', 3)[-1]} -> {response.status_code} in", end=" ")
     print(f"{(time.perf_counter() - start) * 1000:.0f} ms")
     return response
-
-
-def _publish(pipeline: Pipeline, message: aio_pika.Message) -> None:
-    names = topology(pipeline.env["GEOBUS_PREFIX"])
-
-    async def run() -> None:
-        connection = await aio_pika.connect(pipeline.env["GEOBUS_AMQP_URL"])
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(names.features_exchange)
-            await exchange.publish(message, routing.FEATURE_INGESTED, mandatory=True)
-
-    asyncio.run(run())
 
 
 def _stage_queue_depth(pipeline: Pipeline, stage: str) -> int:
@@ -189,8 +176,9 @@ def test_poison_message_is_listed_shown_and_replayed_over_http(admin_pipeline: P
     admin_pipeline.wait_ready()
     base = admin_pipeline.base_url
     message_id = f"poison:{uuid.uuid4().hex}"
-    _publish(
+    publish(
         admin_pipeline,
+        routing.FEATURE_INGESTED,
         aio_pika.Message(
             random.Random(7).randbytes(512),
             content_type=wire.CONTENT_TYPE,

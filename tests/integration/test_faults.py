@@ -33,7 +33,7 @@ from bench import datasets
 from geobus.broker import routing, wire
 from geobus.broker.topology import topology
 from geobus.v1 import feature_pb2
-from tests.integration.conftest import GEOBUS, Pipeline
+from tests.integration.conftest import GEOBUS, Pipeline, publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.slow]
 
@@ -126,20 +126,6 @@ def dlq_json(pipeline: Pipeline, *args: str) -> Any:
     done = dlq(pipeline, *args, "--json")
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def publish(pipeline: Pipeline, routing_key: str, message: aio_pika.Message) -> None:
-    """Publish ``message`` (with confirms) to the features exchange of the pipeline's prefix."""
-    names = topology(pipeline.env["GEOBUS_PREFIX"])
-
-    async def run() -> None:
-        connection = await aio_pika.connect(pipeline.env["GEOBUS_AMQP_URL"])
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(names.features_exchange)
-            await exchange.publish(message, routing_key, mandatory=True)
-
-    asyncio.run(run())
 
 
 def wait_dead_letters(pipeline: Pipeline, stage: str, count: int, timeout: float = 60) -> Any:
