@@ -179,6 +179,65 @@ def _cpu_text(result: dict[str, Any]) -> str:
 # -- the Markdown ---------------------------------------------------------------------
 
 
+RT_NOTE = ", event loop in real time (GEOBUS_INGRESS_RT_PRIORITY={}, as compose.yaml)"
+ORDINARY_NOTE = ", event loop at ordinary priority (the default)"
+
+
+def _probe_rows(probe: dict[str, Any], label: str, note: str) -> list[str]:
+    """The small-request and loop-lag rows of one probed job."""
+    p = probe_stats(probe)
+    rows = [
+        f"| 1 KB POST p99 while a {label} job runs{note} | {p['post_p99_ms']:.0f} ms "
+        f"(p50 {p['post_p50_ms']:.0f}) | ≤ 10 ms | {verdict(p['post_p99_ms'], 10)} |"
+    ]
+    accept = probe.get("accept")
+    if accept and "p99_ms" in accept:
+        rows.append(
+            f"| ... the same POSTs inside the ingress (arrival → 202, its histogram) "
+            f"| p99 {accept['p99_ms']:.0f} ms (p50 {accept['p50_ms']:.0f}) | ≤ 10 ms "
+            f"| {verdict(accept['p99_ms'], 10)} |"
+        )
+    lag = probe.get("loop_lag")
+    if lag and "p99_ms" in lag:
+        above = ">" if lag.get("max_above_ms") else "≤ "
+        rows.append(
+            f"| ingress event-loop lag p99 while it runs (max){note} | {lag['p99_ms']:.1f} ms "
+            f"({above}{lag['max_ms']:.0f}) | ≤ 5 ms | {verdict(lag['p99_ms'], 5)} |"
+        )
+    rows.append(
+        f"| GET /healthz p99 / max while it runs (loop lag + one HTTP round trip){note} "
+        f"| {p['healthz_p99_ms']:.0f} / {p['healthz_max_ms']:.0f} ms | | |"
+    )
+    return rows
+
+
+def _probe_paragraphs(probe: dict[str, Any]) -> list[str]:
+    """The probe's small requests and the loop's lag, in words."""
+    p = probe_stats(probe)
+    lines = [
+        f"1 KB POSTs at {probe['rates']['post']:.0f}/s: {p['post_n']:.0f} sent, "
+        f"{p['post_failed']:.0f} failed, p50 {p['post_p50_ms']:.1f} ms, "
+        f"p99 {p['post_p99_ms']:.1f} ms, max {p['post_max_ms']:.1f} ms. "
+        f"GET /healthz at {probe['rates']['healthz']:.0f}/s: p50 "
+        f"{p['healthz_p50_ms']:.1f} ms, p99 {p['healthz_p99_ms']:.1f} ms, max "
+        f"{p['healthz_max_ms']:.1f} ms (/healthz does no work: the loop's lag plus one "
+        "HTTP round trip).",
+        "",
+    ]
+    lag = probe.get("loop_lag")
+    if lag and "p99_ms" in lag:
+        above = "above " if lag.get("max_above_ms") else "at most "
+        lines += [
+            f"Event-loop lag inside the ingress (its 50 ms sleeper, "
+            f"`geobus_event_loop_lag_seconds` from `GET /metrics`, during the job): "
+            f"{lag['samples']:.0f} samples, p50 {lag['p50_ms']:.1f} ms, p99 "
+            f"{lag['p99_ms']:.1f} ms, max {above}{lag['max_ms']:.0f} ms (interpolated "
+            "in the histogram's buckets).",
+            "",
+        ]
+    return lines
+
+
 def _targets(results: dict[str, Any]) -> list[str]:
     """The ratio table: one row per target of issue 6."""
     rows = ["| measure | geobus | target | met |", "|---|---|---|---|"]
@@ -201,31 +260,16 @@ def _targets(results: dict[str, Any]) -> list[str]:
         met = verdict(added, 20) if label == "38 MB" else ""
         rows.append(f"| 202 - drain, {label} body (median) | {added:+.0f} ms | {target} | {met} |")
     probed = next((r for r in scaling.values() if "probe" in r), None)
+    label = "200 MB" if "big-200mb x1" in scaling else "50 MB"
     if probed is not None:
-        p = probe_stats(probed["probe"])
-        label = "200 MB" if "big-200mb x1" in scaling else "50 MB"
-        rows.append(
-            f"| 1 KB POST p99 while a {label} job runs | {p['post_p99_ms']:.0f} ms "
-            f"(p50 {p['post_p50_ms']:.0f}) | ≤ 10 ms | {verdict(p['post_p99_ms'], 10)} |"
+        # Results from before the setting existed record no priority: no note.
+        priority = results.get("settings", {}).get("ingress_rt_priority", "0")
+        rows += _probe_rows(
+            probed["probe"], label, "" if priority == "0" else RT_NOTE.format(priority)
         )
-        accept = probed["probe"].get("accept")
-        if accept and "p99_ms" in accept:
-            rows.append(
-                f"| ... the same POSTs inside the ingress (arrival → 202, its histogram) "
-                f"| p99 {accept['p99_ms']:.0f} ms (p50 {accept['p50_ms']:.0f}) | ≤ 10 ms "
-                f"| {verdict(accept['p99_ms'], 10)} |"
-            )
-        lag = probed["probe"].get("loop_lag")
-        if lag and "p99_ms" in lag:
-            above = ">" if lag.get("max_above_ms") else "≤ "
-            rows.append(
-                f"| ingress event-loop lag p99 while it runs (max) | {lag['p99_ms']:.1f} ms "
-                f"({above}{lag['max_ms']:.0f}) | ≤ 5 ms | {verdict(lag['p99_ms'], 5)} |"
-            )
-        rows.append(
-            f"| GET /healthz p99 / max while it runs (loop lag + one HTTP round trip) "
-            f"| {p['healthz_p99_ms']:.0f} / {p['healthz_max_ms']:.0f} ms | | |"
-        )
+    ordinary = results.get("probe_ordinary", {})
+    if "probe" in ordinary:
+        rows += _probe_rows(ordinary["probe"], label, ORDINARY_NOTE)
     for name, row in e2e.items():
         g = median(walls(row["geobus"]))
         if not g:
@@ -408,30 +452,15 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     probed = next((r for r in results.get("scaling", {}).values() if "probe" in r), None)
     if probed is not None:
-        p = probe_stats(probed["probe"])
+        lines += ["## Small requests during the largest job", ""]
+        lines += _probe_paragraphs(probed["probe"])
+    if "probe" in results.get("probe_ordinary", {}):
         lines += [
-            "## Small requests during the largest job",
+            "The same probe once more with the ingress's event loop at ordinary priority"
+            " (GEOBUS_INGRESS_RT_PRIORITY=0, the default of `geobus up`):",
             "",
-            f"1 KB POSTs at {probed['probe']['rates']['post']:.0f}/s: {p['post_n']:.0f} sent, "
-            f"{p['post_failed']:.0f} failed, p50 {p['post_p50_ms']:.1f} ms, "
-            f"p99 {p['post_p99_ms']:.1f} ms, max {p['post_max_ms']:.1f} ms. "
-            f"GET /healthz at {probed['probe']['rates']['healthz']:.0f}/s: p50 "
-            f"{p['healthz_p50_ms']:.1f} ms, p99 {p['healthz_p99_ms']:.1f} ms, max "
-            f"{p['healthz_max_ms']:.1f} ms (/healthz does no work: the loop's lag plus one "
-            "HTTP round trip).",
-            "",
+            *_probe_paragraphs(results["probe_ordinary"]["probe"]),
         ]
-        lag = probed["probe"].get("loop_lag")
-        if lag and "p99_ms" in lag:
-            above = "above " if lag.get("max_above_ms") else "at most "
-            lines[-1:-1] = [
-                "",
-                f"Event-loop lag inside the ingress (its 50 ms sleeper, "
-                f"`geobus_event_loop_lag_seconds` from `GET /metrics`, during the job): "
-                f"{lag['samples']:.0f} samples, p50 {lag['p50_ms']:.1f} ms, p99 "
-                f"{lag['p99_ms']:.1f} ms, max {above}{lag['max_ms']:.0f} ms (interpolated "
-                "in the histogram's buckets).",
-            ]
     if results.get("codec"):
         lines += ["## Codec (bench.roundtrip, against geobuf precision 6)", ""]
         lines += [*_codec_rows(results), ""]

@@ -84,6 +84,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "quick": quick,
             "poll_s": harness.POLL,
             "env": dict(harness.EXTRA_ENV),
+            "ingress_rt_priority": harness.EXTRA_ENV.get(
+                "GEOBUS_INGRESS_RT_PRIORITY", harness.INGRESS_RT_PRIORITY
+            ),
         },
         "sizes": {},
     }
@@ -158,6 +161,22 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     work / f"probe-{name}", 1, probe_doc=documents.small(),
                 )
             }  # fmt: skip
+        if {"probe", "scaling"} & set(sections) and not set(harness.ORDINARY_PRIORITY) & set(
+            harness.EXTRA_ENV
+        ):
+            # The same probe with the ingress at ordinary priority (the default).
+            name = scaling_names[-1]
+            saved = dict(harness.EXTRA_ENV)
+            harness.EXTRA_ENV.update(harness.ORDINARY_PRIORITY)
+            try:
+                results["probe_ordinary"] = step(
+                    f"probe {name}, ingress at ordinary priority", e2e.geobus, name,
+                    documents.path(name), pg_url, work / f"probe-ordinary-{name}", 1,
+                    probe_doc=documents.small(),
+                )  # fmt: skip
+            finally:
+                harness.EXTRA_ENV.clear()
+                harness.EXTRA_ENV.update(saved)
     if "codec" in sections:
         results["codec"] = {
             name: step(f"codec {name}", codec, name)

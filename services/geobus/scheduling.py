@@ -1,4 +1,4 @@
-"""CPU scheduling requests of a thread: a short time slice for the ingress's event loop.
+"""CPU scheduling requests of a thread: a short time slice, or real time, for the event loop.
 
 Linux's EEVDF scheduler (6.6+) gives every runnable thread a time slice and
 picks the one with the earliest virtual deadline (its start plus its slice).
@@ -12,6 +12,10 @@ run out. It does not give the thread more CPU in all; nice values do that.
 Python has no binding for the call: it goes through libc's ``syscall``.
 Elsewhere (another OS, an older kernel, a seccomp filter) the request is
 refused and nothing changes.
+
+With ``CAP_SYS_NICE`` a thread may instead become real-time
+(:func:`request_realtime`, ``SCHED_RR``): it runs as soon as it is runnable,
+ahead of every ordinary thread, whatever their nice values and slices.
 """
 
 from __future__ import annotations
@@ -72,3 +76,33 @@ def current_slice() -> float | None:
         return None
     runtime: int = _ATTR.unpack(attr.raw)[5]
     return runtime / 1e9
+
+
+def request_realtime(priority: int) -> bool:
+    """Make the calling thread ``SCHED_RR`` at ``priority`` (1-99); False: refused, nothing changed.
+
+    Only the calling thread: with ``SCHED_RESET_ON_FORK`` the threads and
+    processes it starts afterwards are ordinary ones again (they would
+    otherwise inherit the policy), so that its pools, the conversion worker
+    among them, never run batch work in real time. Linux keeps 5 % of every
+    second for ordinary threads (``kernel.sched_rt_runtime_us``) even if a
+    real-time thread never blocked.
+    """
+    if not hasattr(os, "SCHED_RESET_ON_FORK"):
+        return False  # not Linux
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR | os.SCHED_RESET_ON_FORK, os.sched_param(priority))
+    except OSError:  # EPERM without CAP_SYS_NICE (or an RLIMIT_RTPRIO), EINVAL out of range
+        return False
+    return True
+
+
+def is_realtime() -> bool:
+    """Whether the calling thread runs under a real-time policy (``SCHED_RR``/``SCHED_FIFO``)."""
+    policy = os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)
+    return policy in (os.SCHED_RR, os.SCHED_FIFO)
+
+
+def return_to_ordinary() -> None:
+    """Make the calling thread ``SCHED_OTHER`` again (what :func:`request_realtime` undoes)."""
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))

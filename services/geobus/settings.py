@@ -81,6 +81,10 @@ def _niceness(value: str) -> int:
     return _int_within(value, 0, 19, "a nice increment 0-19")
 
 
+def _rt_priority(value: str) -> int:
+    return _int_within(value, 0, 99, "0 (off) or a real-time priority 1-99")
+
+
 def _port(value: str) -> int:
     return _int_within(value, 1, 65535, "a TCP port 1-65535")
 
@@ -471,6 +475,13 @@ class Settings:
         "Added to the nice value of the stage services and of the ingress's conversion worker"
         " (0-19): on a busy machine their batch work yields the CPU to the ingress's event"
         " loop, which answers the 202s; 0 keeps them at the ingress's priority",
+    )
+    ingress_rt_priority: int = _setting(
+        0,
+        _rt_priority,
+        "Real-time priority (SCHED_RR, 1-99) of the ingress's event-loop thread, which answers"
+        " the 202s: it then runs ahead of every ordinary thread on the host (needs"
+        " CAP_SYS_NICE; refused, a warning and the ordinary priority); 0: off",
     )
     shutdown_drain: float = _setting(
         0.0,

@@ -237,6 +237,7 @@ def test_two_replicas_give_the_same_result_as_one(
 
 def test_clean_shutdown(pipeline: Pipeline) -> None:
     """SIGTERM stops every process with exit code 0 and no traceback."""
+    pipeline.env["GEOBUS_INGRESS_RT_PRIORITY"] = "1"
     pipeline.start_all()
     job = wait_final(pipeline, post(pipeline, datasets.path(LAND))["jobID"])
     assert job["status"] == "successful"
@@ -255,6 +256,16 @@ def test_clean_shutdown(pipeline: Pipeline) -> None:
     }
     assert conversion
     assert all(os.getpriority(os.PRIO_PROCESS, c) == min(19, ours + 15) for c in conversion)
+    # Real time: the event-loop thread (the main one) alone, not its pools
+    # nor the conversion worker (SCHED_RESET_ON_FORK); CI runs as root.
+    policies = {
+        int(t.name): os.sched_getscheduler(int(t.name)) & ~os.SCHED_RESET_ON_FORK
+        for t in Path(f"/proc/{ingress}/task").iterdir()
+    }
+    assert policies.pop(ingress) == os.SCHED_RR, "the ingress needs CAP_SYS_NICE (root)"
+    assert len(policies) > 3  # the pools' threads
+    assert set(policies.values()) == {os.SCHED_OTHER}
+    assert {os.sched_getscheduler(c) for c in [*workers, *conversion]} == {os.SCHED_OTHER}
     codes = pipeline.stop()
     assert set(codes.values()) == {0}, codes
     for name in pipeline.processes:

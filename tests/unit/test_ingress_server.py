@@ -44,3 +44,20 @@ async def test_start_up_freezes_what_it_made_and_shortens_gil_holds(unfrozen: No
     finally:
         server.should_exit = True
         await serving
+
+
+async def test_start_up_puts_the_event_loop_in_real_time_when_asked(unfrozen: None) -> None:
+    """GEOBUS_INGRESS_RT_PRIORITY: the thread that runs the loop becomes SCHED_RR."""
+    config = uvicorn.Config(Starlette(), host="127.0.0.1", port=0, lifespan="off", log_config=None)
+    server = DrainingServer(config, Drain(), drain_seconds=0, rt_priority=1)
+    assert not scheduling.is_realtime()
+    serving = asyncio.ensure_future(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, no event)
+                await asyncio.sleep(0.01)
+        assert scheduling.is_realtime(), "run the tests as root (CAP_SYS_NICE)"
+    finally:
+        server.should_exit = True
+        await serving
+        scheduling.return_to_ordinary()
