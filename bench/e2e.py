@@ -37,6 +37,7 @@ def geobus(
     *,
     replicas: int = 1,
     probe_doc: Path | None = None,
+    probe_floor: bool = False,
 ) -> Result:
     """POST ``path`` ``repeat`` times to a fresh pipeline, each time waiting for ``successful``."""
     runs: list[Result] = []
@@ -56,7 +57,8 @@ def geobus(
         for r in range(repeat):
             cpu0, pg0 = group.cpu(), harness.postgres_cpu_seconds()
             mq0 = harness.rabbitmq_cpu_seconds()
-            probe = Probe(base, probe_doc) if probe_doc is not None and r == 0 else None
+            floor = (workdir / "floor", pg_url) if probe_floor else None
+            probe = Probe(base, probe_doc, floor) if probe_doc is not None and r == 0 else None
             metrics_before = {}
             if probe is not None:
                 metrics_before = histograms(client, base)

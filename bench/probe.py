@@ -91,8 +91,10 @@ def quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str
 class Probe:
     """Runs :class:`Sampler` in its own process, so the bench client's GIL is not measured."""
 
-    def __init__(self, base: str, small_doc: Path) -> None:
+    def __init__(self, base: str, small_doc: Path, floor: tuple[Path, str] | None = None) -> None:
         self.argv = [sys.executable, "-m", "bench.probe", base, str(small_doc)]
+        if floor is not None:
+            self.argv += [str(floor[0]), floor[1]]
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
@@ -114,23 +116,28 @@ class Probe:
 class Sampler:
     """Start before the big POST, stop when its job is final; ``stop()`` returns samples."""
 
-    def __init__(self, base: str, small_doc: Path) -> None:
+    def __init__(self, base: str, small_doc: Path, floor: tuple[Path, str] | None = None) -> None:
         self.base = base
         self.body = small_doc.read_bytes()
         self._stop = threading.Event()
         self._samples: dict[str, list[tuple[float, float, int]]] = {"post": [], "healthz": []}
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._floor = None if floor is None else DurabilityFloor(*floor, self._stop)
         self._t0 = 0.0
 
     def start(self) -> None:
         """Begin sending."""
         self._t0 = time.perf_counter()
         self._thread.start()
+        if self._floor is not None:
+            self._floor.start(self._t0)
 
     def stop(self) -> dict[str, Any]:
         """Stop sending, wait for answers; samples are (seconds since start, latency, status)."""
         self._stop.set()
         self._thread.join(timeout=120)
+        if self._floor is not None:
+            self._samples.update(self._floor.join())
         return {
             "t0": self._t0,
             "rates": {"post": POST_RATE, "healthz": HEALTH_RATE},
@@ -181,9 +188,74 @@ class Sampler:
         self._samples[kind].append((sent - self._t0, time.perf_counter() - sent, status))
 
 
+class DurabilityFloor:
+    """What a durable 1 KB POST cannot be faster than, timed beside the probe's POSTs.
+
+    At the POSTs' rate, from an ordinary thread of the probe's process: the
+    fsync of a new 1 KB file and of its directory on the spool's file system
+    (``fsync`` samples), and one INSERT + COMMIT on PostgreSQL (``commit``).
+    A 202 waits for both kinds (the spool, then the job row).
+    """
+
+    def __init__(self, directory: Path, pg_url: str, stop: threading.Event) -> None:
+        self.directory = directory
+        self.pg_url = pg_url
+        self._stop = stop
+        self._samples: dict[str, list[tuple[float, float, int]]] = {"fsync": [], "commit": []}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = 0.0
+
+    def start(self, t0: float) -> None:
+        self._t0 = t0
+        self._thread.start()
+
+    def join(self) -> dict[str, list[tuple[float, float, int]]]:
+        self._thread.join(timeout=120)
+        return self._samples
+
+    def _run(self) -> None:
+        import os
+
+        import psycopg
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        table = f"probe_floor_{os.getpid()}"
+        payload = b"x" * 1024
+        directory = os.open(self.directory, os.O_RDONLY)
+        with psycopg.connect(self.pg_url, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE {table} (id serial PRIMARY KEY, body text)")
+            try:
+                n = 0
+                while not self._stop.is_set():
+                    delay = self._t0 + n / POST_RATE - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+                    path = self.directory / f"floor-{n}"
+                    started = time.perf_counter()
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    os.write(fd, payload)
+                    os.fsync(fd)
+                    os.close(fd)
+                    os.fsync(directory)
+                    synced = time.perf_counter()
+                    conn.execute(f"INSERT INTO {table} (body) VALUES ('x')")  # noqa: S608
+                    committed = time.perf_counter()
+                    self._samples["fsync"].append((started - self._t0, synced - started, 0))
+                    self._samples["commit"].append((synced - self._t0, committed - synced, 0))
+                    path.unlink()
+                    n += 1
+            finally:
+                conn.execute(f"DROP TABLE {table}")
+                os.close(directory)
+
+
 def main() -> None:
-    """Sample BASE with DOC until a line arrives on stdin; print the samples as JSON."""
-    sampler = Sampler(sys.argv[1], Path(sys.argv[2]))
+    """Sample BASE with DOC until a line arrives on stdin; print the samples as JSON.
+
+    With DIR and PG_URL also the :class:`DurabilityFloor` in DIR.
+    """
+    floor = (Path(sys.argv[3]), sys.argv[4]) if len(sys.argv) > 4 else None
+    sampler = Sampler(sys.argv[1], Path(sys.argv[2]), floor)
     sampler.start()
     print("started", flush=True)
     sys.stdin.readline()
