@@ -382,16 +382,17 @@ def _check_store_keys(open_store: Any) -> None:
     first, second = open_store(), open_store()  # two replicas of the ingress
     try:
         a, b = _job("webhook:m1"), _job("webhook:m1")
-        first.create_job(a)
-        second.create_job(b)  # the key is taken: no second job
+        assert first.create_job(a) is True
+        assert second.create_job(b) is False  # the key is taken: no second job
         assert second.get_job(b.job_id) is None
+        assert first.create_job(a) is False  # the same job again: nothing inserted
         owner = second.job_for_key("webhook:m1")
         assert owner is not None
         assert owner.job_id == a.job_id
         assert first.job_for_key("webhook:other") is None
         unkeyed = [_job(None), _job(None)]
         for job in unkeyed:
-            first.create_job(job)  # NULL keys never collide
+            assert first.create_job(job) is True  # NULL keys never collide
         assert all(second.get_job(job.job_id) is not None for job in unkeyed)
     finally:
         first.close()

@@ -300,6 +300,33 @@ def test_feature_stored_under_another_sequence_is_not_stored_twice(
     assert job.counts.stored == 5
 
 
+def test_creating_a_job_is_one_round_trip(pg_url: str, tmp_path: Path) -> None:
+    """PostGIS: the INSERT the 202 waits for goes alone (no BEGIN / COMMIT around it)."""
+    from psycopg import pq
+
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    store = open_store(Settings(database_url=pg_url), schema=schema)
+    try:
+        store.ensure_schema()
+        conn = store._connection()  # type: ignore[attr-defined]
+        trace = tmp_path / "libpq.trace"
+        with trace.open("w") as sink:
+            conn.pgconn.trace(sink.fileno())
+            conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            try:
+                assert store.create_job(JobRecord(job_id=str(uuid.uuid4()), created=T0)) is True
+            finally:
+                conn.pgconn.untrace()
+        sent = [line.split("\t") for line in trace.read_text().splitlines()]
+        # A round trip ends with a Sync (extended protocol) or is one Query (simple).
+        ends = [f[2] for f in sent if f[0] == "F" and f[2] in ("Sync", "Query")]
+        assert ends == ["Sync"], trace.read_text()
+    finally:
+        store.close()
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def test_job_lifecycle(store: FeatureStore) -> None:
     """create is idempotent; running and failed transitions; final jobs stay final; paging."""
     job_id = _new_job(store)

@@ -29,13 +29,14 @@ class FakeStore:
     healthy: bool = True
     closed: bool = False
 
-    def create_job(self, job: JobRecord) -> None:
+    def create_job(self, job: JobRecord) -> bool:
         # As the stores: the first job with an id or an idempotency key wins.
         if job.job_id in self.jobs:
-            return
+            return False
         if job.idempotency_key is not None and self.job_for_key(job.idempotency_key):
-            return
+            return False
         self.jobs[job.job_id] = job
+        return True
 
     def job_for_key(self, idempotency_key: str) -> JobRecord | None:
         return next((j for j in self.jobs.values() if j.idempotency_key == idempotency_key), None)

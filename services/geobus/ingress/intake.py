@@ -336,8 +336,8 @@ def _record(store: JobStore, job: JobRecord) -> JobRecord | None:
     Blocking: run it in a thread. The ledger's unique key decides between
     concurrent duplicates, whichever replica they reached.
     """
-    store.create_job(job)
-    if job.idempotency_key is None:
+    # Inserted (the common case): one statement, nothing more to ask.
+    if store.create_job(job) or job.idempotency_key is None:
         return None
     owner = store.job_for_key(job.idempotency_key)
     if owner is None or owner.job_id == job.job_id:

@@ -20,8 +20,8 @@ __all__ = ["JobRecord", "JobStore", "Publisher", "PublisherFactory", "RejectionR
 class JobStore(Protocol):
     """The job ledger; every method blocks, so the ingress calls them in a thread."""
 
-    def create_job(self, job: JobRecord) -> None:
-        """Record a new job in status ``accepted`` unless its idempotency key is taken."""
+    def create_job(self, job: JobRecord) -> bool:
+        """Record a new job in status ``accepted`` unless its key is taken; whether it was."""
 
     def job_for_key(self, idempotency_key: str) -> JobRecord | None:
         """The job recorded under ``idempotency_key``, or None."""

@@ -153,8 +153,11 @@ class FeatureStore(Protocol):
     def ensure_schema(self) -> None:
         """Create the ledger tables (and extensions) if they do not exist."""
 
-    def create_job(self, job: JobRecord) -> None:
-        """Insert the job unless a job with its id or its idempotency key exists (idempotent)."""
+    def create_job(self, job: JobRecord) -> bool:
+        """Insert the job unless a job with its id or its idempotency key exists (idempotent).
+
+        Whether this call inserted it (False: the id or the key was taken).
+        """
 
     def job_for_key(self, idempotency_key: str) -> JobRecord | None:
         """The job recorded under ``idempotency_key``, or None."""

@@ -217,10 +217,10 @@ class GeoPackageStore:
 
     # -- jobs ----------------------------------------------------------------
 
-    def create_job(self, job: JobRecord) -> None:
-        """Insert the job unless its id or its idempotency key exists."""
+    def create_job(self, job: JobRecord) -> bool:
+        """Insert the job unless its id or its idempotency key exists; whether it was inserted."""
         with self._tx() as conn:
-            conn.execute(
+            cursor = conn.execute(
                 """INSERT INTO geobus_jobs (job_id, status, collection, created, started,
                     finished, updated, source_uri, media_type, document_bytes, callback_url,
                     features_total, batches_total, message, code, idempotency_key, precision)
@@ -228,6 +228,7 @@ class GeoPackageStore:
                 ON CONFLICT DO NOTHING""",
                 job_row(job, timestamp),
             )
+            return cursor.rowcount == 1
 
     def job_for_key(self, idempotency_key: str) -> JobRecord | None:
         """The job recorded under ``idempotency_key``, or None."""
