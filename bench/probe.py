@@ -191,10 +191,12 @@ class Sampler:
 class DurabilityFloor:
     """What a durable 1 KB POST cannot be faster than, timed beside the probe's POSTs.
 
-    At the POSTs' rate, from an ordinary thread of the probe's process: the
-    fsync of a new 1 KB file and of its directory on the spool's file system
-    (``fsync`` samples), and one INSERT + COMMIT on PostgreSQL (``commit``).
-    A 202 waits for both kinds (the spool, then the job row).
+    At the POSTs' rate, from a thread of the probe's process: the fsync of a
+    new 1 KB file and of its directory on the spool's file system (``fsync``
+    samples), and one INSERT + COMMIT on PostgreSQL (``commit``). A 202 waits
+    for both kinds (the spool, then the job row). The thread runs in real
+    time where it may (``realtime`` says), so that what it times is the disk
+    and the server, not its own wait for a CPU.
     """
 
     def __init__(self, directory: Path, pg_url: str, stop: threading.Event) -> None:
@@ -204,19 +206,24 @@ class DurabilityFloor:
         self._samples: dict[str, list[tuple[float, float, int]]] = {"fsync": [], "commit": []}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = 0.0
+        self.realtime = False
 
     def start(self, t0: float) -> None:
         self._t0 = t0
         self._thread.start()
 
-    def join(self) -> dict[str, list[tuple[float, float, int]]]:
+    def join(self) -> dict[str, Any]:
         self._thread.join(timeout=120)
-        return self._samples
+        return {**self._samples, "floor_realtime": self.realtime}
 
     def _run(self) -> None:
         import os
 
         import psycopg
+
+        from geobus import scheduling
+
+        self.realtime = scheduling.request_realtime(1)
 
         self.directory.mkdir(parents=True, exist_ok=True)
         table = f"probe_floor_{os.getpid()}"

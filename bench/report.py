@@ -235,7 +235,9 @@ def _probe_paragraphs(probe: dict[str, Any]) -> list[str]:
     ]
     if "fsync_n" in p:
         lines += [
-            "Beside those POSTs, at their rate, from an ordinary thread of the probe: the fsync"
+            "Beside those POSTs, at their rate, from a thread of the probe"
+            + (" in real time" if probe.get("floor_realtime") else " (ordinary priority)")
+            + ": the fsync"
             f" of a new 1 KB file and of its directory took p50 {p['fsync_p50_ms']:.1f} ms,"
             f" p99 {p['fsync_p99_ms']:.1f} ms, max {p['fsync_max_ms']:.1f} ms; one INSERT +"
             f" COMMIT on PostgreSQL p50 {p['commit_p50_ms']:.1f} ms, p99"
