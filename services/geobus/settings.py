@@ -326,7 +326,7 @@ class Settings:
         "Directory where accepted documents are spooled (fsynced)",
     )
     batch_max_features: int = _setting(
-        2000, _positive_int, "Most features in one FeatureBatch message"
+        5000, _positive_int, "Most features in one FeatureBatch message"
     )
     batch_max_bytes: int = _setting(
         4 * 1024 * 1024,

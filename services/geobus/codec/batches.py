@@ -42,7 +42,10 @@ _POLYGON = 3
 class BatchLimits:
     """When a batch is cut, and how large one feature may be."""
 
-    max_features: int = 2000
+    # 5000 rather than 2000: 100k points end to end 2.61-2.70 -> 2.37-2.39 s
+    # (fewer messages through three stages, RabbitMQ and COPY); documents of
+    # larger features are cut by bytes first, and were unchanged.
+    max_features: int = 5000
     max_bytes: int = 4 * 1024 * 1024
     max_message_bytes: int = 16 * 1024 * 1024
 
