@@ -97,6 +97,27 @@ def request_realtime(priority: int) -> bool:
     return True
 
 
+_lent = 0
+"""The real-time priority :func:`lend_realtime` shares with helper threads (0: none)."""
+
+
+def lend_realtime(priority: int) -> None:
+    """Let threads that start with :func:`borrow_realtime` run at ``priority`` too.
+
+    For the few threads the event loop waits on for every request (the
+    ingress's persisting pool): new threads do not inherit the loop's
+    policy (``SCHED_RESET_ON_FORK``), so they ask for it when they start.
+    """
+    global _lent
+    _lent = priority
+
+
+def borrow_realtime() -> None:
+    """Make the calling thread real-time at the lent priority, if one was lent (an initializer)."""
+    if _lent:
+        request_realtime(_lent)
+
+
 def is_realtime() -> bool:
     """Whether the calling thread runs under a real-time policy (``SCHED_RR``/``SCHED_FIFO``)."""
     policy = os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)

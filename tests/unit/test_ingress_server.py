@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -57,7 +58,19 @@ async def test_start_up_puts_the_event_loop_in_real_time_when_asked(unfrozen: No
             while not server.started:  # noqa: ASYNC110 (uvicorn offers a flag, no event)
                 await asyncio.sleep(0.01)
         assert scheduling.is_realtime(), "run the tests as root (CAP_SYS_NICE)"
+        # The persisting threads borrow it (geobus.ingress.intake).
+        helper: list[bool] = []
+
+        def run() -> None:
+            scheduling.borrow_realtime()
+            helper.append(scheduling.is_realtime())
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        assert helper == [True]
     finally:
         server.should_exit = True
         await serving
         scheduling.return_to_ordinary()
+        scheduling.lend_realtime(0)

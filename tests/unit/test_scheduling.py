@@ -79,6 +79,26 @@ def test_real_time_for_the_calling_thread_alone() -> None:
     assert not scheduling.is_realtime()  # the test's own thread was never touched
 
 
+def test_a_lent_priority_is_borrowed_by_a_thread_that_asks() -> None:
+    """lend_realtime(p): borrow_realtime() makes the caller SCHED_RR p; lend 0: nothing."""
+    out: list[bool] = []
+
+    def run() -> None:
+        scheduling.borrow_realtime()
+        out.append(scheduling.is_realtime())
+        scheduling.return_to_ordinary()
+
+    try:
+        for lent in (1, 0):
+            scheduling.lend_realtime(lent)
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join()
+    finally:
+        scheduling.lend_realtime(0)
+    assert out == [True, False]
+
+
 def test_real_time_refused_without_the_capability() -> None:
     """A process without CAP_SYS_NICE (here: user nobody) is refused and keeps its policy."""
     pid = os.fork()

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from geobus import tracing
+from geobus import scheduling, tracing
 from geobus.codec.batches import BatchLimits
 from geobus.codec.convert import MEDIA_TYPES
 from geobus.codec.limits import DocumentLimits
@@ -206,7 +206,16 @@ async def _discard(body: BodyFile, path: Path) -> None:
 # The spool files and the job record of a request are written in threads of
 # their own: a slow disk or database never holds the threads that
 # asyncio.to_thread lends to everything else.
-_PERSISTING = ThreadPoolExecutor(max_workers=8, thread_name_prefix="geobus-persist")
+# With the loop in real time (GEOBUS_INGRESS_RT_PRIORITY) they are too: a
+# real-time thread's I/O goes first at the disk's scheduler as well
+# (mq-deadline's real-time class), and it is never queued behind batch work
+# for a CPU. Probe, 3 runs each (337 POSTs): inside the ingress p90 / p99
+# 15.8 / 47.1 -> 9.2 / 18.4 ms; the metadata's fsyncs p99 31.9 -> 7.4 ms.
+# What is left of the tail is mostly ext4's journal commits for the new
+# files (not scheduled by I/O priority).
+_PERSISTING = ThreadPoolExecutor(
+    max_workers=8, thread_name_prefix="geobus-persist", initializer=scheduling.borrow_realtime
+)
 
 
 def _meta_then_record(

@@ -103,7 +103,12 @@ class DrainingServer(uvicorn.Server):
         # probe runs: 1.9-2.0 ms. Its pools' threads stay ordinary ones.
         if self.rt_priority:
             if scheduling.request_realtime(self.rt_priority):
-                log.info("event loop runs in real time (SCHED_RR %d)", self.rt_priority)
+                # ... and so do the threads that make each job durable (intake).
+                scheduling.lend_realtime(self.rt_priority)
+                log.info(
+                    "event loop and persisting threads run in real time (SCHED_RR %d)",
+                    self.rt_priority,
+                )
             else:
                 log.warning(
                     "GEOBUS_INGRESS_RT_PRIORITY=%d refused (the ingress needs CAP_SYS_NICE);"
