@@ -480,8 +480,9 @@ class Settings:
         0,
         _rt_priority,
         "Real-time priority (SCHED_RR, 1-99) of the ingress's event-loop thread, which answers"
-        " the 202s: it then runs ahead of every ordinary thread on the host (needs"
-        " CAP_SYS_NICE; refused, a warning and the ordinary priority); 0: off",
+        " the 202s, and of the threads that make each job durable: they then run ahead of"
+        " every ordinary thread on the host (needs CAP_SYS_NICE; refused, a warning and the"
+        " ordinary priority); 0: off",
     )
     shutdown_drain: float = _setting(
         0.0,
