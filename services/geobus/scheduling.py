@@ -120,6 +120,8 @@ def borrow_realtime() -> None:
 
 def is_realtime() -> bool:
     """Whether the calling thread runs under a real-time policy (``SCHED_RR``/``SCHED_FIFO``)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return False  # not Linux
     policy = os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0)
     return policy in (os.SCHED_RR, os.SCHED_FIFO)
 

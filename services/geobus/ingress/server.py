@@ -100,7 +100,7 @@ class DrainingServer(uvicorn.Server):
             log.info("no short CPU time slice for the event loop (it needs Linux 6.12+)")
         # Even so the loop still waited behind PostgreSQL and RabbitMQ (nice 0,
         # not ours) for a CPU: lag p99 7-10 ms. Real time (where permitted),
-        # probe runs: 1.9-2.0 ms. Its pools' threads stay ordinary ones.
+        # probe runs: 1.9-2.0 ms. Its other pools' threads stay ordinary ones.
         if self.rt_priority:
             if scheduling.request_realtime(self.rt_priority):
                 # ... and so do the threads that make each job durable (intake).
