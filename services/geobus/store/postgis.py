@@ -91,7 +91,9 @@ class PostgisStore:
         ``single``: the caller runs one statement, which the autocommit
         connection makes a transaction of its own: one round trip instead
         of three (BEGIN, the statement, COMMIT), each of which waits for the
-        server's backend to get a CPU on a busy machine.
+        server's backend to get a CPU on a busy machine, and the store's
+        lock (shared by the ingress's job record and its status reads) is
+        held that much shorter.
         """
         with self._lock:
             try:
@@ -129,7 +131,7 @@ class PostgisStore:
 
     def ping(self) -> None:
         """Raise TransientError unless PostgreSQL answers."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute("SELECT 1")
 
     # -- schema --------------------------------------------------------------
@@ -242,7 +244,7 @@ class PostgisStore:
 
     def create_job(self, job: JobRecord) -> bool:
         """Insert the job unless its id or its idempotency key exists; whether it was inserted."""
-        # One statement: the 202 waits for it (one round trip, see _tx).
+        # The 202 waits for this one (one round trip, see _tx).
         with self._tx(single=True) as cur:
             # No conflict target: a concurrent insert of the same key waits for
             # the other transaction and then does nothing (the first one wins).
@@ -268,7 +270,7 @@ class PostgisStore:
 
     def mark_running(self, job_id: str, at: datetime) -> None:
         """accepted → running; other statuses are left alone."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute(
                 f"""UPDATE {self.schema}.jobs SET status = 'running',
                     started = coalesce(started, %s), updated = %s
@@ -278,7 +280,7 @@ class PostgisStore:
 
     def mark_failed(self, job_id: str, code: str, message: str, at: datetime) -> None:
         """Fail the job unless it is final already."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute(
                 f"""UPDATE {self.schema}.jobs SET status = 'failed', code = %s, message = %s,
                     finished = %s, updated = %s
@@ -295,7 +297,7 @@ class PostgisStore:
         warnings: Sequence[str] = (),
     ) -> None:
         """Record the document's totals and warnings (idempotent)."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute(
                 f"""UPDATE {self.schema}.jobs SET features_total = %s, batches_total = %s,
                     updated = %s, warnings = %s::jsonb WHERE job_id = %s""",
@@ -316,7 +318,7 @@ class PostgisStore:
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """The job with its counts, or None."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             return self._get_job(cur, job_id)
 
     def _get_job(self, cur: psycopg.Cursor[Any], job_id: str) -> JobRecord | None:
@@ -326,7 +328,7 @@ class PostgisStore:
 
     def list_jobs(self, limit: int, offset: int, status: str | None = None) -> list[JobRecord]:
         """Jobs, newest first; only those in ``status`` when given."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute(
                 self._select_jobs(
                     "WHERE %s::text IS NULL OR j.status = %s"
@@ -453,7 +455,7 @@ class PostgisStore:
 
     def list_rejections(self, job_id: str, limit: int, offset: int) -> list[RejectionRecord]:
         """The job's rejections by feature index."""
-        with self._tx() as cur:
+        with self._tx(single=True) as cur:
             cur.execute(
                 f"""SELECT feature_index, feature_id::text, stage, reason, message, json_pointer,
                     coordinate
