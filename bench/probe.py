@@ -206,6 +206,7 @@ class DurabilityFloor:
         self._samples: dict[str, list[tuple[float, float, int]]] = {"fsync": [], "commit": []}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = 0.0
+        self._error: BaseException | None = None
         self.realtime = False
 
     def start(self, t0: float) -> None:
@@ -213,10 +214,19 @@ class DurabilityFloor:
         self._thread.start()
 
     def join(self) -> dict[str, Any]:
+        """The samples; what made the thread fail, raised here (no silent empty floor)."""
         self._thread.join(timeout=120)
+        if self._error is not None:
+            raise self._error
         return {**self._samples, "floor_realtime": self.realtime}
 
     def _run(self) -> None:
+        try:
+            self._measure()
+        except BaseException as exc:
+            self._error = exc
+
+    def _measure(self) -> None:
         import os
 
         import psycopg

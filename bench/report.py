@@ -138,9 +138,8 @@ def machine() -> dict[str, Any]:
 def probe_stats(probe: dict[str, Any]) -> dict[str, float]:
     """p50 / p99 / max (ms) of the probe's POSTs and /healthz GETs, and failures."""
     out: dict[str, float] = {}
-    for kind, ok in (("post", 202), ("healthz", 200), ("fsync", 0), ("commit", 0)):
-        if kind not in probe and kind in ("fsync", "commit"):
-            continue
+    floor = [(kind, 0) for kind in ("fsync", "commit") if kind in probe]  # no status
+    for kind, ok in (("post", 202), ("healthz", 200), *floor):
         samples = probe.get(kind, [])
         lat = [s[1] * 1000 for s in samples]
         out[f"{kind}_n"] = len(samples)
