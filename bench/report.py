@@ -222,8 +222,11 @@ def _probe_rows(probe: dict[str, Any], label: str, note: str) -> list[str]:
 def _probe_paragraphs(probe: dict[str, Any]) -> list[str]:
     """The probe's small requests and the loop's lag, in words."""
     p = probe_stats(probe)
+    # Results from before the client ran in real time do not say: ordinary.
+    client = "in real time" if probe.get("client_realtime") else "at ordinary priority"
     lines = [
-        f"1 KB POSTs at {probe['rates']['post']:.0f}/s: {p['post_n']:.0f} sent, "
+        f"From a client thread {client}, 1 KB POSTs at {probe['rates']['post']:.0f}/s:"
+        f" {p['post_n']:.0f} sent, "
         f"{p['post_failed']:.0f} failed, p50 {p['post_p50_ms']:.1f} ms, "
         f"p99 {p['post_p99_ms']:.1f} ms, max {p['post_max_ms']:.1f} ms. "
         f"GET /healthz at {probe['rates']['healthz']:.0f}/s: p50 "
