@@ -294,6 +294,7 @@ def _targets(results: dict[str, Any]) -> list[str]:
     ordinary = results.get("probe_ordinary", {})
     if "probe" in ordinary:
         rows += _probe_rows(ordinary["probe"], label, ORDINARY_NOTE)
+    cores = int(results.get("machine", {}).get("nproc", 2))
     for name, row in e2e.items():
         g = median(walls(row["geobus"]))
         if not g:
@@ -312,7 +313,6 @@ def _targets(results: dict[str, Any]) -> list[str]:
             rows.append(
                 f"| end to end / floor, {name} | {g / f:.2f}x | ≤ 1.3x | {verdict(g / f, 1.3)} |"
             )
-            cores = int(results.get("machine", {}).get("nproc", 2))
             bound = _services_bound(row["geobus"], f, cores)
             if bound is not None:
                 rows.append(

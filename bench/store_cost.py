@@ -31,7 +31,12 @@ import psycopg
 from bench import documents, harness
 
 SRID = 3857
-VARIANTS = ("geobus", "no GiST", "no GiST, properties as bytea")
+# name -> (without the GiST index, properties as bytea)
+VARIANTS = {
+    "geobus": (False, False),
+    "no GiST": (True, False),
+    "no GiST, properties as bytea": (True, True),
+}
 
 
 def copy_payloads(name: str) -> list[bytes]:
@@ -57,16 +62,17 @@ def copy_payloads(name: str) -> list[bytes]:
 
 def _table(conn: psycopg.Connection[tuple[object, ...]], source: str, variant: str) -> str:
     """A new empty table shaped like ``source`` for ``variant``; its name."""
+    no_gist, as_bytea = VARIANTS[variant]
     table = f"cost_{uuid.uuid4().hex[:8]}"
     conn.execute(f"CREATE TABLE {table} (LIKE {source} INCLUDING ALL)")
-    if variant != "geobus":
+    if no_gist:
         index = conn.execute(
             "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexdef LIKE %s",
             (table, "%USING gist%"),
         ).fetchone()
         assert index is not None, "the writer's table has no GiST index"
         conn.execute(f"DROP INDEX {index[0]}")
-    if variant.endswith("bytea"):
+    if as_bytea:
         conn.execute(f"ALTER TABLE {table} ALTER COLUMN properties TYPE bytea USING NULL")
     return table
 
@@ -112,8 +118,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     payloads = copy_payloads(args.name)
-    rows = sum(len(p) for p in payloads)
-    print(f"{args.name}: {len(payloads)} batches, {rows / 1e6:.1f} MB of COPY stream")
+    stream_bytes = sum(len(p) for p in payloads)
+    print(f"{args.name}: {len(payloads)} batches, {stream_bytes / 1e6:.1f} MB of COPY stream")
     with harness.fresh_database() as url:
         source = _writer_table(url)
         best: dict[str, tuple[float, float]] = {}
